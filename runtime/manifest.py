@@ -1,0 +1,84 @@
+"""Every key of ``manifest.json``, defined once: the exporter writes with these names and the
+runtime reads with them (like gguf-py's constants). Reading and validation live here too.
+
+Layout of a package folder::
+
+    manifest.json  tokenizer.json  clip_vision.onnx  frame_scorer.onnx  video_mamba.onnx
+    video_mamba_portable.onnx  image_projector.onnx  video_projector.onnx  embed_tokens.onnx
+    decoder.onnx  (+ *.onnx.data external weights)
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+# top-level keys
+K_SCHEMA_VERSION = "schema_version"
+K_SOURCE = "source"  # {checkpoint, checkpoint_sha256, clip, random_weights, size}
+K_PRECISION = "precision"  # fp32 | int8 | int4 ...
+K_OPSET = "opset"
+K_IR_VERSION = "ir_version"
+K_CUSTOM_OPS = "custom_ops"  # [{domain, op_type}]
+K_STAGES = "stages"  # {stage name: stage entry}
+K_PREPROCESS = "preprocess"  # {clip: {...}, video_mamba: {...}}
+K_SAMPLING = "sampling"  # {num_frames, fps, chunk_size, num_select_k_frames_in_chunk}
+K_PROMPT = "prompt"  # {system, template, image_placeholder, num_image_placeholders, ...}
+K_TOKENS = "tokens"  # {endoftext, im_start, im_end, image_token_index}
+K_GENERATION = "generation"  # generation_config.json values + max_new_tokens default
+K_DECODER = "decoder"  # {num_hidden_layers, num_key_value_heads, head_dim, hidden_size, vocab_size}
+K_VISUAL = "visual"  # {num_image_tokens, num_video_tokens, num_visual_tokens}
+K_TOKENIZER = "tokenizer"
+
+# keys of a stage entry
+S_FILE = "file"
+S_PORTABLE_FILE = "portable_file"  # only video_mamba: the graph without the custom op
+S_INPUTS = "inputs"  # [{name, dtype, shape}] ; shape items are ints or symbolic names
+S_OUTPUTS = "outputs"
+S_NAME = "name"
+S_DTYPE = "dtype"
+S_SHAPE = "shape"
+
+# preprocessing keys
+P_SIZE = "size"
+P_MEAN = "mean"
+P_STD = "std"
+P_RESIZE = "resize"  # "shortest_side_bicubic_center_crop" | "squash_bilinear"
+
+# stage names, in data-flow order
+CLIP_VISION = "clip_vision"
+FRAME_SCORER = "frame_scorer"
+VIDEO_MAMBA = "video_mamba"
+IMAGE_PROJECTOR = "image_projector"
+VIDEO_PROJECTOR = "video_projector"
+EMBED_TOKENS = "embed_tokens"
+DECODER = "decoder"
+STAGES = (
+    CLIP_VISION,
+    FRAME_SCORER,
+    VIDEO_MAMBA,
+    IMAGE_PROJECTOR,
+    VIDEO_PROJECTOR,
+    EMBED_TOKENS,
+    DECODER,
+)
+
+CUSTOM_OP_DOMAIN = "mvgpt"
+CUSTOM_OP_SCAN = "SelectiveScan"
+
+
+def past_key_name(layer: int) -> str:
+    return f"past_key_values.{layer}.key"
+
+
+def past_value_name(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key_name(layer: int) -> str:
+    return f"present.{layer}.key"
+
+
+def present_value_name(layer: int) -> str:
+    return f"present.{layer}.value"
