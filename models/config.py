@@ -170,7 +170,9 @@ def load_config(checkpoint_dir: Path, clip_dir: Path) -> MobileVideoGPTConfig:
     """Build the full config from the checkpoint's and the CLIP folder's config.json."""
     data = read_json(Path(checkpoint_dir) / "config.json")
     clip_data = read_json(Path(clip_dir) / "config.json")
-    vision = clip_data.get("vision_config", clip_data)
+    vision = clip_data.get("vision_config")
+    if vision is None and clip_data.get("model_type") == "clip_vision_model":
+        vision = clip_data  # a CLIPVisionModel folder works too
     if not isinstance(vision, dict) or "hidden_size" not in vision:
         raise CheckpointError(
             f"{Path(clip_dir) / 'config.json'}: no vision_config with hidden_size "

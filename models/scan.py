@@ -59,5 +59,5 @@ class SelectiveScan(nn.Module):
         super().__init__()
         self.delta_softplus = delta_softplus
 
-    def forward(self, u, delta, A, B, C, D, z, delta_bias):  # noqa: D102 - same as the function
+    def forward(self, u, delta, A, B, C, D, z, delta_bias):
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, self.delta_softplus)

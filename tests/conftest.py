@@ -1,0 +1,21 @@
+"""Shared fixtures: random checkpoints in the official layout (tiny, and 0.5b real size)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """(checkpoint_dir, clip_dir) of a tiny random checkpoint."""
+    from mvgpt.models.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_05b(tmp_path_factory):
+    """(checkpoint_dir, clip_dir) of a random checkpoint with the real 0.5B shapes (~1.3 GB)."""
+    from mvgpt.models.random_checkpoint import write_random_checkpoint
+
+    return write_random_checkpoint(tmp_path_factory.mktemp("real"), "0.5b", seed=0)
