@@ -36,9 +36,12 @@ class MobileVideoGPT(nn.Module):
         self.clip = ClipVisionTower(cfg.clip)
         self.frame_scorer = FrameScorer(cfg.selection.chunk_size)
         self.video_mamba = VideoMamba(cfg.video_mamba)
-        self.image_projector = ImageProjector(proj.image_in, proj.hidden_size, proj.image_grid)
+        self.image_projector = ImageProjector(proj.image_in, proj.hidden_size, grid=proj.image_grid)
         self.video_projector = VideoProjector(
-            proj.video_in, proj.hidden_size, proj.video_grid, cfg.selection.num_chunks
+            proj.video_in,
+            proj.hidden_size,
+            num_chunks=cfg.selection.num_chunks,
+            grid=proj.video_grid,
         )
         self.decoder = Qwen2Decoder(cfg.qwen)
 
