@@ -22,7 +22,7 @@ EXPORT = [
     "safetensors>=0.4",
     "huggingface_hub>=0.20",
 ]
-DEV = EXPORT + ["transformers>=4.45", "pytest>=8", "ruff>=0.6"]
+DEV = EXPORT + ["transformers>=4.45", "pillow", "pytest>=8", "ruff>=0.6"]
 
 setup(
     name="mvgpt",

@@ -30,6 +30,7 @@ K_GENERATION = "generation"  # generation_config.json values + max_new_tokens de
 K_DECODER = "decoder"  # {num_hidden_layers, num_key_value_heads, head_dim, hidden_size, vocab_size}
 K_VISUAL = "visual"  # {num_image_tokens, num_video_tokens, num_visual_tokens}
 K_TOKENIZER = "tokenizer"
+K_SIZES = "sizes_bytes"  # {graph file: bytes incl. external data}
 
 # keys of a stage entry
 S_FILE = "file"
