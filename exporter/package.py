@@ -1,0 +1,219 @@
+"""``export_package``: checkpoint folders -> a validated model package folder.
+
+Order of work: check both folders strictly (before any heavy work), load the reference, trace
+every stage (VideoMamba with the ``mvgpt::SelectiveScan`` op, plus a portable variant), validate
+each graph against torch, quantize where asked, then write tokenizer.json and manifest.json. The
+package is assembled in a hidden sibling folder and moved into place only when complete, so a
+failed export never leaves a folder that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from mvgpt.exporter.graphs import IR_VERSION, OPSET, export_graph, graph_bytes, save_model
+from mvgpt.exporter.scan_op import ScanOp, register_onnx_symbolic
+from mvgpt.exporter.validate import StageCheck, check_stage, format_table, raise_on_failures
+from mvgpt.exporter.wrappers import graph_specs
+from mvgpt.kernels.portable import make_portable
+from mvgpt.models.checkpoint import check_folders, load_checkpoint, weight_files
+from mvgpt.models.mobile_videogpt import MobileVideoGPT
+from mvgpt.runtime import manifest as M
+from mvgpt.runtime.errors import ExportError
+from mvgpt.runtime.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from mvgpt.runtime.prompt import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, SYSTEM_PROMPT
+
+PRECISIONS = ("fp32",)
+PORTABLE_SUFFIX = "_portable"
+DEFAULT_MAX_NEW_TOKENS = 1024  # the official inference.py default
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def fingerprint(checkpoint_dir: Path) -> str:
+    """sha256 over config.json and every weight file of the checkpoint, in name order."""
+    digest = hashlib.sha256()
+    for path in [checkpoint_dir / "config.json", *weight_files(checkpoint_dir)]:
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_output(out: Path) -> Path:
+    """Check the destination is usable; return a fresh hidden staging folder beside it."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder (expected a new or package folder)")
+    if out.is_dir() and any(out.iterdir()) and not (out / M.MANIFEST_FILE).is_file():
+        raise ExportError(
+            f"{out}: folder is not empty and holds no {M.MANIFEST_FILE}; refusing to overwrite "
+            "(choose a new folder or an earlier mvgpt package)"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"{out.parent}: cannot write the package there ({e.strerror})") from e
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move the finished package into place, replacing an earlier package at ``out``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp made it private
+    for path in staging.iterdir():
+        path.chmod(0o666 & ~umask)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_manifest(model: MobileVideoGPT, specs, files: dict, source: dict, generation: dict):
+    cfg = model.cfg
+    stages = {}
+    for spec in specs:
+        entry = {
+            M.S_FILE: files[spec.stage],
+            M.S_INPUTS: [t.to_dict() for t in spec.inputs],
+            M.S_OUTPUTS: [t.to_dict() for t in spec.outputs],
+        }
+        if spec.stage == M.VIDEO_MAMBA:
+            entry[M.S_PORTABLE_FILE] = files[spec.stage + PORTABLE_SUFFIX]
+        stages[spec.stage] = entry
+    size = cfg.clip.image_size
+    qwen = cfg.qwen
+    return {
+        M.K_SCHEMA_VERSION: M.SCHEMA_VERSION,
+        M.K_SOURCE: source,
+        M.K_PRECISION: "fp32",
+        M.K_OPSET: OPSET,
+        M.K_IR_VERSION: IR_VERSION,
+        M.K_CUSTOM_OPS: [{"domain": M.CUSTOM_OP_DOMAIN, "op_type": M.CUSTOM_OP_SCAN}],
+        M.K_STAGES: stages,
+        M.K_PREPROCESS: {
+            "clip": {
+                M.P_SIZE: size,
+                M.P_MEAN: list(CLIP_MEAN),
+                M.P_STD: list(CLIP_STD),
+                M.P_RESIZE: "shortest_side_bicubic_center_crop",
+            },
+            "video_mamba": {
+                M.P_SIZE: cfg.video_mamba.img_size,
+                M.P_MEAN: list(IMAGENET_MEAN),
+                M.P_STD: list(IMAGENET_STD),
+                M.P_RESIZE: "squash_bilinear",
+            },
+        },
+        M.K_SAMPLING: {
+            "num_frames": cfg.selection.num_frames,
+            "fps": 1.0,
+            "chunk_size": cfg.selection.chunk_size,
+            "num_select_k_frames_in_chunk": cfg.selection.num_select_k_frames_in_chunk,
+        },
+        M.K_PROMPT: {
+            "system": SYSTEM_PROMPT,
+            "image_placeholder": IMAGE_PLACEHOLDER,
+            "num_image_placeholders": cfg.selection.num_frames,
+            "num_image_sentinels": cfg.selection.num_selected,
+            "image_token_index": IMAGE_TOKEN_INDEX,
+        },
+        M.K_TOKENS: {"endoftext": 151643, "im_start": 151644, "im_end": 151645},
+        M.K_GENERATION: {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **generation},
+        M.K_DECODER: {
+            "num_hidden_layers": qwen.num_hidden_layers,
+            "num_key_value_heads": qwen.num_key_value_heads,
+            "head_dim": qwen.head_dim,
+            "hidden_size": qwen.hidden_size,
+            "vocab_size": qwen.vocab_size,
+            "max_position_embeddings": qwen.max_position_embeddings,
+        },
+        M.K_VISUAL: {
+            "num_image_tokens": cfg.num_image_tokens,
+            "num_video_tokens": cfg.num_video_tokens,
+            "num_visual_tokens": cfg.num_visual_tokens,
+        },
+        M.K_TOKENIZER: M.TOKENIZER_FILE,
+    }
+
+
+def export_package(
+    checkpoint_dir: str | Path,
+    clip_dir: str | Path,
+    out: str | Path,
+    precision: str = "fp32",
+    source_note: dict | None = None,
+    progress: Progress = _quiet,
+) -> list[StageCheck]:
+    """Export, validate and publish a package; returns the validation table rows."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    checkpoint_dir, clip_dir, out = Path(checkpoint_dir), Path(clip_dir), Path(out)
+    check_folders(checkpoint_dir, clip_dir)  # fail before any heavy work
+    staging = prepare_output(out)
+    try:
+        checks = _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, progress)
+        publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return checks
+
+
+def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, progress):
+    progress("loading checkpoint")
+    ckpt = load_checkpoint(checkpoint_dir, clip_dir)
+    model = MobileVideoGPT.from_checkpoint(ckpt)
+    register_onnx_symbolic(OPSET)
+    for block in model.video_mamba.layers:
+        block.mixer.scan = ScanOp(delta_softplus=True)
+    specs = graph_specs(model)
+    files: dict[str, str] = {}
+    for n, spec in enumerate(specs, 1):
+        name = f"{spec.stage}.onnx"
+        progress(f"[{n}/{len(specs)}] exporting {name}")
+        export_graph(spec, staging / name)
+        files[spec.stage] = name
+        if spec.stage == M.VIDEO_MAMBA:
+            portable = f"{spec.stage}{PORTABLE_SUFFIX}.onnx"
+            save_model(make_portable(onnx.load(str(staging / name))), staging / portable)
+            files[spec.stage + PORTABLE_SUFFIX] = portable
+    checks = []
+    for spec in specs:
+        progress(f"validating {files[spec.stage]}")
+        checks.append(check_stage(spec, staging / files[spec.stage], custom_ops=True))
+        if spec.stage == M.VIDEO_MAMBA:
+            portable = staging / files[spec.stage + PORTABLE_SUFFIX]
+            checks.append(check_stage(spec, portable, custom_ops=False))
+    progress("validation:\n" + format_table(checks))
+    raise_on_failures(checks)
+    shutil.copy(checkpoint_dir / M.TOKENIZER_FILE, staging / M.TOKENIZER_FILE)
+    config = json.loads((checkpoint_dir / "config.json").read_text())
+    source = {
+        "checkpoint": str(checkpoint_dir.resolve()),
+        "clip": str(clip_dir.resolve()),
+        "checkpoint_sha256": fingerprint(checkpoint_dir),
+        "random_weights": bool(config.get("mvgpt_random_weights", False)),
+        **(source_note or {}),
+    }
+    manifest = build_manifest(model, specs, files, source, ckpt.generation_config)
+    sizes = {name: graph_bytes(staging / name) for name in files.values()}
+    manifest[M.K_SIZES] = sizes
+    (staging / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    return checks

@@ -1,0 +1,195 @@
+"""One small ``nn.Module`` per exported graph, with every input and output explicit and named
+(the sherpa-onnx habit). Each wrapper also knows how to make example inputs and its graph I/O
+description (names, dtypes, symbolic shapes) for the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mvgpt.models.mobile_videogpt import MobileVideoGPT
+from mvgpt.runtime import manifest as M
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple  # ints or symbolic names
+
+    def to_dict(self) -> dict:
+        return {M.S_NAME: self.name, M.S_DTYPE: self.dtype, M.S_SHAPE: list(self.shape)}
+
+
+@dataclass
+class GraphSpec:
+    """What the exporter needs to know about one stage's graph."""
+
+    stage: str
+    module: nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    example: tuple  # example inputs for tracing (and validation shapes)
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {}
+        for spec in self.inputs + self.outputs:
+            named = {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
+            if named:
+                axes[spec.name] = named
+        return axes
+
+
+class ClipVisionGraph(nn.Module):
+    def __init__(self, model: MobileVideoGPT):
+        super().__init__()
+        self.clip = model.clip
+
+    def forward(self, pixel_values):  # (F, 3, 224, 224) -> (F, 196, C)
+        return self.clip(pixel_values)
+
+
+class FrameScorerGraph(nn.Module):
+    def __init__(self, model: MobileVideoGPT):
+        super().__init__()
+        self.scorer = model.frame_scorer
+
+    def forward(self, image_features):  # (chunks, 8*196, C) -> (chunks, 8)
+        return self.scorer(image_features)
+
+
+class VideoMambaGraph(nn.Module):
+    def __init__(self, model: MobileVideoGPT):
+        super().__init__()
+        self.video_mamba = model.video_mamba
+
+    def forward(self, pixel_values):  # (1, 3, 8, 224, 224) -> (8, 196, 576)
+        return self.video_mamba.features(pixel_values)
+
+
+class ProjectorGraph(nn.Module):
+    def __init__(self, projector: nn.Module):
+        super().__init__()
+        self.projector = projector
+
+    def forward(self, features):
+        return self.projector(features)
+
+
+class EmbedTokensGraph(nn.Module):
+    def __init__(self, model: MobileVideoGPT):
+        super().__init__()
+        self.embed_tokens = model.decoder.embed_tokens
+
+    def forward(self, input_ids):  # (B, S) -> (B, S, H)
+        return self.embed_tokens(input_ids)
+
+
+class DecoderGraph(nn.Module):
+    """Flat past_key_values.{i}.key/value inputs and present.{i}.key/value outputs."""
+
+    def __init__(self, model: MobileVideoGPT):
+        super().__init__()
+        self.decoder = model.decoder
+        self.num_layers = model.cfg.qwen.num_hidden_layers
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past_flat):
+        past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.num_layers)]
+        logits, presents = self.decoder(inputs_embeds, attention_mask, position_ids, past)
+        flat = [t for kv in presents for t in kv]
+        return (logits, *flat)
+
+
+def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
+    """Every stage's wrapper, I/O and example inputs, in data-flow order."""
+    cfg = model.cfg
+    sel, clip, vm, proj, qwen = cfg.selection, cfg.clip, cfg.video_mamba, cfg.projector, cfg.qwen
+    size, patches = clip.image_size, clip.num_patches
+    hidden, f32, i64 = qwen.hidden_size, "float32", "int64"
+    frames_per_chunk = sel.chunk_size
+    pixel = torch.randn(sel.num_frames, 3, size, size)
+    specs = [
+        GraphSpec(
+            M.CLIP_VISION,
+            ClipVisionGraph(model),
+            [TensorSpec("pixel_values", f32, ("num_frames", 3, size, size))],
+            [TensorSpec("image_features", f32, ("num_frames", patches, clip.hidden_size))],
+            (pixel,),
+        ),
+        GraphSpec(
+            M.FRAME_SCORER,
+            FrameScorerGraph(model),
+            [
+                TensorSpec(
+                    "image_features",
+                    f32,
+                    ("num_chunks", frames_per_chunk * patches, clip.hidden_size),
+                )
+            ],
+            [TensorSpec("frame_scores", f32, ("num_chunks", frames_per_chunk))],
+            (torch.randn(sel.num_chunks, frames_per_chunk * patches, clip.hidden_size),),
+        ),
+        GraphSpec(
+            M.VIDEO_MAMBA,
+            VideoMambaGraph(model),
+            [TensorSpec("pixel_values", f32, (1, 3, vm.num_frames, vm.img_size, vm.img_size))],
+            [TensorSpec("video_features", f32, (vm.num_frames, vm.num_patches, vm.embed_dim))],
+            (torch.randn(1, 3, vm.num_frames, vm.img_size, vm.img_size),),
+        ),
+        GraphSpec(
+            M.IMAGE_PROJECTOR,
+            ProjectorGraph(model.image_projector),
+            [TensorSpec("image_features", f32, ("num_frames", patches, proj.image_in))],
+            [TensorSpec("image_tokens", f32, ("num_frames", proj.image_grid**2, hidden))],
+            (torch.randn(sel.num_frames, patches, proj.image_in),),
+        ),
+        GraphSpec(
+            M.VIDEO_PROJECTOR,
+            ProjectorGraph(model.video_projector),
+            [TensorSpec("video_features", f32, (vm.num_frames, vm.num_patches, proj.video_in))],
+            [TensorSpec("video_tokens", f32, (sel.num_chunks, proj.video_grid**2, hidden))],
+            (torch.randn(vm.num_frames, vm.num_patches, proj.video_in),),
+        ),
+        GraphSpec(
+            M.EMBED_TOKENS,
+            EmbedTokensGraph(model),
+            [TensorSpec("input_ids", i64, ("batch", "sequence"))],
+            [TensorSpec("inputs_embeds", f32, ("batch", "sequence", hidden))],
+            (torch.randint(0, qwen.vocab_size, (1, 5)),),
+        ),
+    ]
+    kv, hd, layers = qwen.num_key_value_heads, qwen.head_dim, qwen.num_hidden_layers
+    past_in, present_out, past_example = [], [], []
+    for i in range(layers):
+        for name, present in (
+            (M.past_key_name(i), M.present_key_name(i)),
+            (M.past_value_name(i), M.present_value_name(i)),
+        ):
+            past_in.append(TensorSpec(name, f32, ("batch", kv, "past_sequence", hd)))
+            present_out.append(TensorSpec(present, f32, ("batch", kv, "total_sequence", hd)))
+            past_example.append(torch.randn(1, kv, 3, hd))
+    seq = 4
+    specs.append(
+        GraphSpec(
+            M.DECODER,
+            DecoderGraph(model),
+            [
+                TensorSpec("inputs_embeds", f32, ("batch", "sequence", hidden)),
+                TensorSpec("attention_mask", i64, ("batch", "total_sequence")),
+                TensorSpec("position_ids", i64, ("batch", "sequence")),
+                *past_in,
+            ],
+            [TensorSpec("logits", f32, ("batch", "sequence", qwen.vocab_size)), *present_out],
+            (
+                torch.randn(1, seq, hidden),
+                torch.ones(1, 3 + seq, dtype=torch.int64),
+                torch.arange(3, 3 + seq).unsqueeze(0),
+                *past_example,
+            ),
+        )
+    )
+    return specs

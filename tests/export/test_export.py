@@ -1,0 +1,175 @@
+"""mvgpt-export on a tiny random checkpoint: every graph validated, the package self-consistent,
+the decoder's cached steps equal one full pass, and bad inputs fail cleanly before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from mvgpt import kernels
+from mvgpt.exporter.package import export_package
+from mvgpt.runtime import manifest as M
+
+
+@pytest.fixture(scope="module")
+def package(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "pkg"
+    checks = export_package(*tiny_checkpoint, out)
+    return out, checks
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "mvgpt.exporter.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_every_graph_validates(package):
+    out, checks = package
+    for c in checks:
+        print(f"{c.file:<28} max|diff| {c.max_abs_diff:.3e} rel {c.max_rel_diff:.2e}")
+    assert {c.file for c in checks} == {
+        "clip_vision.onnx",
+        "frame_scorer.onnx",
+        "video_mamba.onnx",
+        "video_mamba_portable.onnx",
+        "image_projector.onnx",
+        "video_projector.onnx",
+        "embed_tokens.onnx",
+        "decoder.onnx",
+    }
+    assert all(c.ok and c.max_rel_diff < 1e-4 for c in checks)
+
+
+def test_manifest_describes_every_graph(package):
+    out, _ = package
+    manifest = json.loads((out / M.MANIFEST_FILE).read_text())
+    assert manifest[M.K_SOURCE]["random_weights"] is True
+    assert set(manifest[M.K_STAGES]) == set(M.STAGES)
+    for stage, entry in manifest[M.K_STAGES].items():
+        files = [entry[M.S_FILE]] + (
+            [entry[M.S_PORTABLE_FILE]] if M.S_PORTABLE_FILE in entry else []
+        )
+        for name in files:
+            assert (out / name).is_file(), f"{stage}: {name} missing"
+            opts = ort.SessionOptions()
+            if name == "video_mamba.onnx":
+                kernels.register(opts)
+            sess = ort.InferenceSession(str(out / name), opts, providers=["CPUExecutionProvider"])
+            assert [i.name for i in sess.get_inputs()] == [t[M.S_NAME] for t in entry[M.S_INPUTS]]
+            assert [o.name for o in sess.get_outputs()] == [t[M.S_NAME] for t in entry[M.S_OUTPUTS]]
+    assert manifest[M.K_VISUAL]["num_visual_tokens"] == 2402
+    assert (out / M.TOKENIZER_FILE).is_file()
+    assert not list(out.parent.glob(".pkg.partial-*"))
+
+
+def test_decoder_cached_steps_equal_one_full_pass(package):
+    out, _ = package
+    manifest = json.loads((out / M.MANIFEST_FILE).read_text())
+    dec = manifest[M.K_DECODER]
+    sess = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    total = 9
+    embeds = rng.standard_normal((1, total, dec["hidden_size"]), dtype=np.float32)
+
+    def run(x, start, past):
+        feeds = {
+            "inputs_embeds": x,
+            "attention_mask": np.ones((1, start + x.shape[1]), np.int64),
+            "position_ids": np.arange(start, start + x.shape[1], dtype=np.int64)[None],
+        }
+        for i in range(dec["num_hidden_layers"]):
+            feeds[M.past_key_name(i)], feeds[M.past_value_name(i)] = past[i]
+        outs = sess.run(None, feeds)
+        presents = [(outs[1 + 2 * i], outs[2 + 2 * i]) for i in range(dec["num_hidden_layers"])]
+        return outs[0], presents
+
+    empty = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_dim"]), np.float32)
+    full, _ = run(embeds, 0, [(empty, empty)] * dec["num_hidden_layers"])
+    logits, past = run(embeds[:, :5], 0, [(empty, empty)] * dec["num_hidden_layers"])
+    steps = [logits]
+    for t in range(5, total):
+        logits, past = run(embeds[:, t : t + 1], t, past)
+        steps.append(logits)
+    diff = float(np.abs(np.concatenate(steps, axis=1) - full).max())
+    print("cached steps vs full pass, max |diff|:", diff)
+    assert diff < 1e-4
+    assert past[0][0].shape[2] == total
+
+
+def _one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    print(result.stderr)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert lines and lines[-1].startswith("mvgpt-export: error:")
+    return lines[-1]
+
+
+def test_corrupt_checkpoint_fails_before_work(tiny_checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], ckpt)
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 3])  # truncated download
+    out = tmp_path / "pkg"
+    line = _one_error_line(_cli("--checkpoint", ckpt, "--clip", tiny_checkpoint[1], "--out", out))
+    assert "model.safetensors" in line
+    assert not out.exists() and not list(tmp_path.glob(".pkg.partial-*"))
+    (ckpt / "model.safetensors").unlink()  # incomplete folder
+    line = _one_error_line(_cli("--checkpoint", ckpt, "--clip", tiny_checkpoint[1], "--out", out))
+    assert "no model.safetensors" in line
+
+
+def test_wrong_clip_folder(tiny_checkpoint, tmp_path):
+    out = tmp_path / "pkg"
+    line = _one_error_line(
+        _cli("--checkpoint", tiny_checkpoint[0], "--clip", tiny_checkpoint[0], "--out", out)
+    )
+    assert "vision_config" in line
+    assert not out.exists()
+
+
+def test_unwritable_output(tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    line = _one_error_line(
+        _cli(
+            "--checkpoint",
+            tiny_checkpoint[0],
+            "--clip",
+            tiny_checkpoint[1],
+            "--out",
+            blocker / "pkg",
+        )
+    )
+    assert "cannot write" in line
+
+
+def test_hub_id_offline_is_one_clear_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mvgpt.exporter.cli",
+            "--checkpoint",
+            "nobody/no-such-model",
+            "--out",
+            str(tmp_path / "pkg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    line = _one_error_line(result)
+    assert "could not be downloaded" in line
