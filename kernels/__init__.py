@@ -1,1 +1,59 @@
-"""mvgpt.kernels"""
+"""mvgpt.kernels: the ``mvgpt::SelectiveScan`` onnxruntime custom op.
+
+Owns where the compiled library lives and how a session loads it. The C++ kernel is
+``selective_scan.cc`` (built by ``python -m mvgpt.kernels.build`` into ``lib/libmvgpt_ops.so``);
+``portable.py`` rewrites the op into standard ONNX ops for runtimes that cannot load it. No torch
+here: the runtime imports this package.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mvgpt.runtime.errors import KernelError
+
+DOMAIN = "mvgpt"
+OP_TYPE = "SelectiveScan"
+LIB_NAME = "libmvgpt_ops.so"
+LIB_ENV = "MVGPT_OPS_LIBRARY"  # optional override: an already-built library elsewhere
+
+
+def _candidate() -> Path:
+    env = os.environ.get(LIB_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent / "lib" / LIB_NAME
+
+
+def is_available() -> bool:
+    """True when the custom-op library has been built (or ``$MVGPT_OPS_LIBRARY`` points at one)."""
+    return _candidate().is_file()
+
+
+def library_path() -> str:
+    """Absolute path of the built custom-op library; raises KernelError when it is not built."""
+    path = _candidate()
+    if not path.is_file():
+        raise KernelError(
+            f"the SelectiveScan custom-op library is missing: expected {path}, got no file; "
+            "fix: build it with `python -m mvgpt.kernels.build` (needs g++), or set "
+            f"{LIB_ENV} to a built {LIB_NAME}"
+        )
+    return str(path)
+
+
+def register(session_options: Any) -> Any:
+    """Load the library into an ``onnxruntime.SessionOptions``; returns the same options."""
+    try:
+        session_options.register_custom_ops_library(library_path())
+    except KernelError:
+        raise
+    except Exception as e:  # onnxruntime raises its own Fail/RuntimeException types
+        raise KernelError(
+            f"onnxruntime could not load {library_path()}: {e}; fix: rebuild it with "
+            "`python -m mvgpt.kernels.build --force`"
+        ) from e
+    return session_options
+
+
+__all__ = ["DOMAIN", "OP_TYPE", "is_available", "library_path", "register"]

@@ -1,0 +1,171 @@
+// The SIMD vector types of the SelectiveScan kernel, one namespace per instruction set.
+//
+// Included once by selective_scan.cc inside its anonymous namespace (after kLog2e, kChunk,
+// ScanArgs, silu_scalar and the 2^f coefficients kP0..kP5), so it includes nothing itself. Each
+// namespace defines `V` (W float lanes: load/store, arithmetic, exp2, W x W tile transposes) and
+// then includes selective_scan_impl.h, compiled under that namespace's `#pragma GCC target`.
+// The scalar namespace needs no extension and compiles on any architecture.
+
+// ---------------------------------------------------------------- scalar (any CPU)
+namespace scalar {
+struct V {
+  static constexpr int W = 1;
+  float v;
+  static V load(const float* p) { return {*p}; }
+  void store(float* p) const { *p = v; }
+  static V set1(float x) { return {x}; }
+  static V zero() { return {0.0f}; }
+  static V add(V a, V b) { return {a.v + b.v}; }
+  static V sub(V a, V b) { return {a.v - b.v}; }
+  static V mul(V a, V b) { return {a.v * b.v}; }
+  static V div(V a, V b) { return {a.v / b.v}; }
+  static V max(V a, V b) { return {a.v > b.v ? a.v : b.v}; }
+  static V fma(V a, V b, V c) { return {a.v * b.v + c.v}; }
+  static V exp2(V x) { return {std::exp2(x.v)}; }
+  static void transpose(const float* const* rows, int64_t t0, float* dst) { *dst = rows[0][t0]; }
+  static void transpose_out(const float* src, float* const* rows, int64_t t0) {
+    rows[0][t0] = *src;
+  }
+};
+#include "selective_scan_impl.h"
+}  // namespace scalar
+
+#if MVGPT_X86
+// ---------------------------------------------------------------- AVX2 + FMA (8 lanes)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+struct V {
+  static constexpr int W = 8;
+  __m256 v;
+  static V load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  static V set1(float x) { return {_mm256_set1_ps(x)}; }
+  static V zero() { return {_mm256_setzero_ps()}; }
+  static V add(V a, V b) { return {_mm256_add_ps(a.v, b.v)}; }
+  static V sub(V a, V b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  static V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  static V div(V a, V b) { return {_mm256_div_ps(a.v, b.v)}; }
+  static V max(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
+  static V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  static V exp2(V x) {
+    // Clamp so that the exponent field stays valid: 2^-127 becomes 0, 2^127 the largest power.
+    __m256 xc = _mm256_min_ps(_mm256_max_ps(x.v, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+    __m256 k = _mm256_round_ps(xc, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m256 f = _mm256_sub_ps(xc, k);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kP5), f, _mm256_set1_ps(kP4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kP3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kP2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kP1));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kP0));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return {_mm256_mul_ps(p, _mm256_castsi256_ps(e))};
+  }
+  // 8x8 transposes between 8 channel rows and a time-major (t, lane) tile.
+  static void transpose8(__m256 r[8]) {
+    __m256 a[8], b[8];
+    for (int k = 0; k < 4; ++k) {
+      a[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      a[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int m = 0; m < 2; ++m) {  // b[4m + j], 128-bit lane l: column 4l + j of rows 4m..4m+3
+      __m256d x0 = _mm256_castps_pd(a[4 * m]), x1 = _mm256_castps_pd(a[4 * m + 1]);
+      __m256d x2 = _mm256_castps_pd(a[4 * m + 2]), x3 = _mm256_castps_pd(a[4 * m + 3]);
+      b[4 * m + 0] = _mm256_castpd_ps(_mm256_unpacklo_pd(x0, x2));
+      b[4 * m + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(x0, x2));
+      b[4 * m + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(x1, x3));
+      b[4 * m + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(x1, x3));
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[j] = _mm256_permute2f128_ps(b[j], b[4 + j], 0x20);
+      r[4 + j] = _mm256_permute2f128_ps(b[j], b[4 + j], 0x31);
+    }
+  }
+  static void transpose(const float* const* rows, int64_t t0, float* dst) {
+    __m256 r[8];
+    for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_ps(rows[c] + t0);
+    transpose8(r);
+    for (int t = 0; t < 8; ++t) _mm256_storeu_ps(dst + 8 * t, r[t]);
+  }
+  static void transpose_out(const float* src, float* const* rows, int64_t t0) {
+    __m256 r[8];
+    for (int t = 0; t < 8; ++t) r[t] = _mm256_loadu_ps(src + 8 * t);
+    transpose8(r);
+    for (int c = 0; c < 8; ++c) _mm256_storeu_ps(rows[c] + t0, r[c]);
+  }
+};
+#include "selective_scan_impl.h"
+}  // namespace avx2
+#pragma GCC pop_options
+
+// ---------------------------------------------------------------- AVX-512 (16 lanes)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx2,fma")
+namespace avx512 {
+struct V {
+  static constexpr int W = 16;
+  __m512 v;
+  static V load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static V set1(float x) { return {_mm512_set1_ps(x)}; }
+  static V zero() { return {_mm512_setzero_ps()}; }
+  static V add(V a, V b) { return {_mm512_add_ps(a.v, b.v)}; }
+  static V sub(V a, V b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  static V mul(V a, V b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  static V div(V a, V b) { return {_mm512_div_ps(a.v, b.v)}; }
+  static V max(V a, V b) { return {_mm512_max_ps(a.v, b.v)}; }
+  static V fma(V a, V b, V c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static V exp2(V x) {
+    // 2^x = 2^floor(x) * 2^f, f = x - floor(x) in [0, 1) in one vreduceps; vscalefps takes the
+    // floor of x itself and handles overflow and underflow.
+    __m512 f = _mm512_reduce_ps(x.v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(kP5), f, _mm512_set1_ps(kP4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kP3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kP2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kP1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kP0));
+    return {_mm512_scalef_ps(p, x.v)};
+  }
+  // 16x16 transposes between 16 channel rows and a time-major (t, lane) tile.
+  static void transpose16(__m512 r[16]) {
+    __m512 a[16], b[16];
+    for (int k = 0; k < 8; ++k) {
+      a[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      a[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int m = 0; m < 4; ++m) {  // b[4m + j], 128-bit lane l: column 4l + j of rows 4m..4m+3
+      __m512d x0 = _mm512_castps_pd(a[4 * m]), x1 = _mm512_castps_pd(a[4 * m + 1]);
+      __m512d x2 = _mm512_castps_pd(a[4 * m + 2]), x3 = _mm512_castps_pd(a[4 * m + 3]);
+      b[4 * m + 0] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
+      b[4 * m + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
+      b[4 * m + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
+      b[4 * m + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
+    }
+    for (int j = 0; j < 4; ++j) {  // 4x4 transpose of 128-bit lanes over b[j], b[4+j], ...
+      __m512 c0 = _mm512_shuffle_f32x4(b[j], b[4 + j], 0x44);
+      __m512 c1 = _mm512_shuffle_f32x4(b[j], b[4 + j], 0xEE);
+      __m512 c2 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], 0x44);
+      __m512 c3 = _mm512_shuffle_f32x4(b[8 + j], b[12 + j], 0xEE);
+      r[j] = _mm512_shuffle_f32x4(c0, c2, 0x88);
+      r[4 + j] = _mm512_shuffle_f32x4(c0, c2, 0xDD);
+      r[8 + j] = _mm512_shuffle_f32x4(c1, c3, 0x88);
+      r[12 + j] = _mm512_shuffle_f32x4(c1, c3, 0xDD);
+    }
+  }
+  static void transpose(const float* const* rows, int64_t t0, float* dst) {
+    __m512 r[16];
+    for (int c = 0; c < 16; ++c) r[c] = _mm512_loadu_ps(rows[c] + t0);
+    transpose16(r);
+    for (int t = 0; t < 16; ++t) _mm512_storeu_ps(dst + 16 * t, r[t]);
+  }
+  static void transpose_out(const float* src, float* const* rows, int64_t t0) {
+    __m512 r[16];
+    for (int t = 0; t < 16; ++t) r[t] = _mm512_loadu_ps(src + 16 * t);
+    transpose16(r);
+    for (int c = 0; c < 16; ++c) _mm512_storeu_ps(rows[c] + t0, r[c]);
+  }
+};
+#include "selective_scan_impl.h"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif  // MVGPT_X86
