@@ -71,7 +71,7 @@ class ReferenceRunner:
         visual, selected = self.model.encode_video(clip_pixels, mamba_pixels)
         embeds = self.model.prompt_embeds(ids, visual)
         seconds["encode"] = time.perf_counter() - t0
-        gen = GenerationConfig.from_dict(
+        gen = GenerationConfig.official(
             self.generation_config, max_new_tokens=max_new_tokens, **overrides
         )
         t0 = time.perf_counter()

@@ -76,6 +76,14 @@ class GenerationConfig:
         return not self.do_sample
 
     @classmethod
+    def official(cls, generation_config_json: dict, **overrides: object) -> GenerationConfig:
+        """The official inference defaults (inference.py): greedy unless a temperature > 0 is
+        asked for; repetition penalty and eos ids still come from generation_config.json."""
+        temperature = overrides.get("temperature")
+        sample = isinstance(temperature, (int, float)) and temperature > 0
+        return cls.from_dict(generation_config_json, **{"do_sample": sample, **overrides})
+
+    @classmethod
     def from_dict(cls, generation_config_json: dict, **overrides: object) -> GenerationConfig:
         """Options from a HF generation_config.json dict, then `overrides` (None values ignored).
 

@@ -1,0 +1,254 @@
+"""``mvgpt-run``: answer questions about a video with a model package, streamed to stdout.
+
+    mvgpt-run VIDEO QUESTION [--question Q ...] [--model PKG] [--json] [options]
+    mvgpt-run --demo
+    mvgpt-run VIDEO --interactive          (questions from stdin, one per line, until EOF)
+
+The video is encoded once and every question reuses it. Without --model, a built-in tiny package
+with random weights is used (made in the cache folder on first run). Errors are one stderr line
+and exit 1 (--debug shows the traceback); usage errors exit 2. Warnings and notes are held back
+until the video has been read, so a bad input gives exactly one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import MvgptError, VideoError
+
+PROG = "mvgpt-run"
+
+
+class _HeldNotes(logging.Handler):
+    """Collects notes and mvgpt log warnings; writes them to stderr once released."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.held: list[str] = []
+        self.released = False
+
+    def note(self, message: str, kind: str = "note") -> None:
+        line = f"{PROG}: {kind}: {' '.join(message.split())}\n"
+        if self.released:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        else:
+            self.held.append(line)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.note(record.getMessage(), record.levelname.lower())
+
+    def release(self) -> None:
+        self.released = True
+        sys.stderr.write("".join(self.held))
+        sys.stderr.flush()
+        self.held.clear()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from .package import PROVIDERS
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("video", nargs="?", metavar="VIDEO", help="video file")
+    parser.add_argument("question", nargs="?", metavar="QUESTION", help="question to answer")
+    parser.add_argument(
+        "--question",
+        "-q",
+        dest="more",
+        action="append",
+        default=[],
+        metavar="Q",
+        help="another question about the same video (repeatable; the video is encoded once)",
+    )
+    parser.add_argument("--model", metavar="PKG", help="package folder (default: built-in tiny)")
+    parser.add_argument("--max-new-tokens", type=int, metavar="N")
+    parser.add_argument("--temperature", type=float, metavar="T", help="> 0 samples (default 0)")
+    parser.add_argument("--top-p", type=float, metavar="P")
+    parser.add_argument("--top-k", type=int, metavar="K")
+    parser.add_argument("--seed", type=int, metavar="S")
+    parser.add_argument("--repetition-penalty", type=float, metavar="R")
+    parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads")
+    parser.add_argument("--provider", choices=tuple(PROVIDERS), default="cpu")
+    parser.add_argument("--json", action="store_true", help="one JSON object per question")
+    parser.add_argument("--demo", action="store_true", help="a built-in video and question")
+    parser.add_argument("--interactive", action="store_true", help="read questions from stdin")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if args.demo:
+        if args.video is not None:
+            parser.error("--demo takes no VIDEO (it uses the built-in demo clip)")
+    elif args.video is None:
+        parser.error("the following arguments are required: VIDEO (or use --demo)")
+    elif args.question is None and not args.more and not args.interactive:
+        parser.error("the following arguments are required: QUESTION (or --interactive)")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected an integer >= 1, got {args.threads}")
+    return args
+
+
+def _check_video_path(video: str) -> None:
+    """Fail fast (before loading or making a model) on a path that cannot be a video."""
+    path = Path(video).expanduser()
+    if not path.exists():
+        raise VideoError(
+            f"video not found: expected an existing file, got {video!r}; fix: check the path"
+        )
+    if path.is_dir():
+        raise VideoError(
+            f"video path is a folder: expected a video file, got {video!r}; "
+            "fix: name a file inside it"
+        )
+    if path.stat().st_size == 0:
+        raise VideoError(
+            f"video file is empty: expected a video, got 0 bytes in {video!r}; "
+            "fix: re-copy or re-record the file"
+        )
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def _questions_from_stdin():
+    while True:
+        sys.stderr.write("question> ")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            sys.stderr.write("\n")
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
+    from .default_model import DEMO_QUESTION, default_package, demo_video
+    from .pipeline import ENCODE_STAGES, Pipeline
+    from .prompt import chat_prompt
+    from .sampling import GenerationConfig
+
+    questions = [q for q in [args.question] if q is not None] + list(args.more)
+    video = args.video
+    if args.demo:
+        video = str(demo_video())
+        questions = questions or ([] if args.interactive else [DEMO_QUESTION])
+    for question in questions:
+        chat_prompt(question)  # raises on an empty question
+    options = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+    )
+    GenerationConfig.from_dict({}, **options)  # option values checked before any heavy work
+    _check_video_path(video)
+    if args.model is None:
+        package = default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
+        notes.note(
+            f"no --model given: using {package}, a tiny model with RANDOM weights (the "
+            "answer is noise); pass --model PKG for a real one"
+        )
+    else:
+        package = Path(args.model)
+    pipeline = Pipeline.load(package, args.provider, args.threads)
+    if args.model is not None and pipeline.package.random_weights:
+        notes.note(f"{package} has RANDOM weights: the answer is noise")
+    encoding = pipeline.encode(video)
+    notes.release()
+
+    pending = iter(questions)
+    if args.interactive:
+        pending = (q for source in (questions, _questions_from_stdin()) for q in source)
+    headers = len(questions) > 1 or args.interactive
+    for index, question in enumerate(pending):
+        if headers and not args.json:
+            _write(f"Q: {question}\nA: ")
+        on_text = None if args.json else _write
+        answer = pipeline.answer(encoding, question, on_text=on_text, **options)
+        seconds, ttft = dict(answer.seconds), answer.ttft_s
+        if index == 0:  # the first answer pays for the encoding the rest reuse
+            seconds.update({k: encoding.seconds.get(k, 0.0) for k in ENCODE_STAGES})
+            ttft += sum(encoding.seconds.values())
+        if not args.json:
+            _write("\n")
+            continue
+        record = {
+            "question": question,
+            "answer": answer.text,
+            "token_ids": answer.token_ids,
+            "frame_indices": answer.frame_indices,
+            "selected_frames": answer.selected_frames,
+            "seconds": {k: round(v, 6) for k, v in seconds.items()},
+            "ttft_s": round(ttft, 6),
+            "decode_tokens_per_s": answer.decode_tokens_per_s,
+            "encoding_reused": index > 0,
+            "peak_rss_mb": _peak_rss_mb(),
+            "provider": args.provider,
+            "custom_ops": pipeline.package.custom_ops,
+        }
+        _write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.debug:  # FFmpeg and OpenCV write their own lines on a bad file: one line is ours
+        for name, level in (("OPENCV_LOG_LEVEL", "ERROR"), ("OPENCV_FFMPEG_LOGLEVEL", "-8")):
+            os.environ.setdefault(name, level)
+    notes = _HeldNotes()
+    logger = logging.getLogger("mvgpt")
+    logger.addHandler(notes)
+    logger.propagate = False
+    try:
+        run(args, notes)
+    except MvgptError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"{PROG}: error: {_one_line(e)}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{PROG}: interrupted\n")
+        return 130
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 1
+    except Exception as e:  # anything else is a bug: still one line unless --debug
+        if args.debug:
+            raise
+        sys.stderr.write(
+            f"{PROG}: error: unexpected {type(e).__name__}: {_one_line(e)[:400]}; fix: rerun "
+            "with --debug and report the traceback\n"
+        )
+        return 1
+    finally:
+        logger.removeHandler(notes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

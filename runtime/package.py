@@ -1,0 +1,303 @@
+"""Loading a model package folder: manifest.json -> one onnxruntime session per stage.
+
+Owns the manifest checks (folder, JSON, schema version, required keys, graph files), the
+execution-provider choice, the SelectiveScan custom-op library (or the portable video_mamba graph
+when the library is missing or cannot be loaded), and the load-time check of every session's real
+inputs and outputs against the manifest, reported all at once in one PackageError. ORT loads the
+``*.onnx.data`` external weights from beside each graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import tokenizers
+
+from mvgpt import kernels
+
+from . import manifest as M
+from .errors import KernelError, MvgptError, PackageError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+REQUIRED_KEYS = (
+    M.K_STAGES,
+    M.K_PREPROCESS,
+    M.K_SAMPLING,
+    M.K_PROMPT,
+    M.K_TOKENS,
+    M.K_GENERATION,
+    M.K_DECODER,
+    M.K_VISUAL,
+)
+# ORT's element type names -> the numpy dtype names the manifest uses
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+_FIX_EXPORT = "fix: re-export the package with mvgpt-export"
+
+
+def _stage_io(stage: str, decoder: dict | None) -> tuple[list[str], list[str]]:
+    """The input and output names the pipeline binds for `stage`."""
+    if stage == M.DECODER:
+        layers = int((decoder or {}).get("num_hidden_layers", 0))
+        past = [n for i in range(layers) for n in (M.past_key_name(i), M.past_value_name(i))]
+        present = [
+            n for i in range(layers) for n in (M.present_key_name(i), M.present_value_name(i))
+        ]
+        return ["inputs_embeds", "attention_mask", "position_ids", *past], ["logits", *present]
+    return {
+        M.CLIP_VISION: (["pixel_values"], ["image_features"]),
+        M.FRAME_SCORER: (["image_features"], ["frame_scores"]),
+        M.VIDEO_MAMBA: (["pixel_values"], ["video_features"]),
+        M.IMAGE_PROJECTOR: (["image_features"], ["image_tokens"]),
+        M.VIDEO_PROJECTOR: (["video_features"], ["video_tokens"]),
+        M.EMBED_TOKENS: (["input_ids"], ["inputs_embeds"]),
+    }[stage]
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The checked manifest of a package folder (no sessions are created)."""
+    folder = Path(folder).expanduser()
+    fix = "fix: pass a folder written by mvgpt-export (--model PKG)"
+    if not folder.exists():
+        raise PackageError(
+            f"model package not found: expected a folder, got {str(folder)!r}; {fix}"
+        )
+    if not folder.is_dir():
+        raise PackageError(
+            f"model package is not a folder: expected a package folder, got the file "
+            f"{str(folder)!r}; {fix}"
+        )
+    path = folder / M.MANIFEST_FILE
+    if not path.is_file():
+        raise PackageError(
+            f"{str(folder)!r} is not a model package: expected {M.MANIFEST_FILE} in it, got none; "
+            f"{fix}"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PackageError(
+            f"{path}: expected a JSON manifest, got unreadable content ({e}); {_FIX_EXPORT}"
+        ) from e
+    if not isinstance(data, dict):
+        raise PackageError(
+            f"{path}: expected a JSON object, got {type(data).__name__}; {_FIX_EXPORT}"
+        )
+    version = data.get(M.K_SCHEMA_VERSION)
+    if version != M.SCHEMA_VERSION:
+        raise PackageError(
+            f"{path}: expected schema_version {M.SCHEMA_VERSION}, got {version!r}; fix: export "
+            "the package again with this mvgpt version's mvgpt-export"
+        )
+    missing = [k for k in REQUIRED_KEYS if not isinstance(data.get(k), dict)]
+    stages = data.get(M.K_STAGES) if isinstance(data.get(M.K_STAGES), dict) else {}
+    missing += [f"stages.{s}" for s in M.STAGES if not isinstance(stages.get(s), dict)]
+    if missing:
+        raise PackageError(
+            f"{path}: expected the keys {', '.join(missing)}, got a manifest without them; "
+            f"{_FIX_EXPORT}"
+        )
+    files = [data.get(M.K_TOKENIZER, M.TOKENIZER_FILE)]
+    for stage in M.STAGES:
+        files.append(stages[stage].get(M.S_FILE))
+    absent = [str(f) for f in files if not isinstance(f, str) or not (folder / f).is_file()]
+    if absent:
+        raise PackageError(
+            f"{str(folder)!r}: expected the package files {', '.join(absent)}, got them missing; "
+            f"{_FIX_EXPORT}"
+        )
+    return data
+
+
+def _describe(spec: Any) -> str:
+    return json.dumps(spec)
+
+
+def _check_tensors(
+    where: str, declared: Any, actual: list, required: list[str], kind: str
+) -> list[str]:
+    """Mismatches between the manifest's tensors and a session's NodeArgs (one string each)."""
+    if not isinstance(declared, list) or not all(isinstance(t, dict) for t in declared):
+        return [f"{where} {kind}: expected a list of tensors in the manifest, got {declared!r}"]
+    problems = []
+    wanted = {t.get(M.S_NAME): t for t in declared}
+    real = {arg.name: arg for arg in actual}
+    for name in required:  # (a required name the graph has is reported below, once)
+        if name not in wanted and name not in real:
+            problems.append(f"{where} {kind} {name!r}: expected in the manifest, got none")
+    for name, spec in wanted.items():
+        arg = real.get(name)
+        if arg is None:
+            problems.append(f"{where} {kind} {name!r}: expected in the graph, got none")
+            continue
+        dtype = _ORT_TYPES.get(arg.type, arg.type)
+        if spec.get(M.S_DTYPE) != dtype:
+            problems.append(
+                f"{where} {kind} {name!r}: expected dtype {spec.get(M.S_DTYPE)}, got {dtype}"
+            )
+        shape = spec.get(M.S_SHAPE)
+        got = list(arg.shape) if arg.shape is not None else None
+        if not isinstance(shape, list) or got is None or len(shape) != len(got):
+            problems.append(
+                f"{where} {kind} {name!r}: expected rank "
+                f"{len(shape) if isinstance(shape, list) else shape}, got "
+                f"{len(got) if got is not None else 'unknown'}"
+            )
+            continue
+        for axis, (want, have) in enumerate(zip(shape, got, strict=True)):
+            # a symbolic graph dim accepts the manifest's static one (ORT reports untraced output
+            # dims as names); two different numbers do not
+            if isinstance(want, int) and isinstance(have, int) and want != have:
+                problems.append(f"{where} {kind} {name!r} axis {axis}: expected {want}, got {have}")
+    for name in real:
+        if name not in wanted:
+            problems.append(f"{where} {kind} {name!r}: in the graph, expected in the manifest")
+    return problems
+
+
+def resolve_provider(provider: str) -> list[str]:
+    """The ORT provider list for a short name (the named provider, then CPU as fallback)."""
+    if provider not in PROVIDERS:
+        raise MvgptError(
+            f"unknown provider {provider!r}: expected one of {', '.join(PROVIDERS)}; "
+            "fix: pick one of those"
+        )
+    name = PROVIDERS[provider]
+    available = ort.get_available_providers()
+    if name not in available:
+        raise MvgptError(
+            f"provider {provider!r} ({name}) is not in this onnxruntime build: expected it in "
+            f"the installed providers, got {', '.join(available)}; fix: choose cpu, or install "
+            "an onnxruntime package built with it"
+        )
+    return [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
+
+
+@dataclass
+class Package:
+    """A loaded package: its folder, manifest, tokenizer and one session per stage."""
+
+    folder: Path
+    manifest: dict
+    tokenizer: tokenizers.Tokenizer
+    sessions: dict[str, ort.InferenceSession]
+    provider: str
+    custom_ops: bool  # True: video_mamba runs the SelectiveScan custom op
+    notes: list[str] = field(default_factory=list)  # things the user should hear once
+
+    @property
+    def random_weights(self) -> bool:
+        source = self.manifest.get(M.K_SOURCE)
+        return bool(isinstance(source, dict) and source.get("random_weights"))
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def _open(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as e:  # ORT raises Fail / InvalidGraph / NoSuchFile ... types
+        reason = " ".join(str(e).split())[:300]
+        raise PackageError(
+            f"{path}: expected an ONNX graph onnxruntime can load, got an error ({reason}); "
+            f"{_FIX_EXPORT}"
+        ) from e
+
+
+def load_package(folder: str | Path, provider: str = "cpu", threads: int | None = None) -> Package:
+    """Read and check the manifest, open every stage's session, check the graphs against it."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise MvgptError(
+            f"threads: expected None or an integer >= 1, got {threads!r}; fix: pass --threads N"
+        )
+    providers = resolve_provider(provider)
+    folder = Path(folder).expanduser()
+    data = read_manifest(folder)
+    tokenizer_path = folder / data.get(M.K_TOKENIZER, M.TOKENIZER_FILE)
+    try:
+        tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise PackageError(
+            f"{tokenizer_path}: expected a tokenizers JSON file, got an unreadable one "
+            f"({' '.join(str(e).split())[:200]}); {_FIX_EXPORT}"
+        ) from e
+    notes: list[str] = []
+    stages = data[M.K_STAGES]
+    sessions: dict[str, ort.InferenceSession] = {}
+    custom_ops = False
+    for stage in M.STAGES:
+        options = _session_options(threads)
+        file = stages[stage][M.S_FILE]
+        if stage == M.VIDEO_MAMBA:
+            custom_ops, file = _video_mamba_file(folder, stages[stage], options, provider, notes)
+        sessions[stage] = _open(folder / file, options, providers)
+    problems = []
+    for stage, session in sessions.items():
+        inputs, outputs = _stage_io(stage, data[M.K_DECODER])
+        entry = stages[stage]
+        problems += _check_tensors(
+            stage, entry.get(M.S_INPUTS), session.get_inputs(), inputs, "input"
+        )
+        problems += _check_tensors(
+            stage, entry.get(M.S_OUTPUTS), session.get_outputs(), outputs, "output"
+        )
+    if problems:
+        raise PackageError(
+            f"{str(folder)!r}: the graphs do not match manifest.json ({len(problems)} "
+            f"mismatches: {'; '.join(problems)}); {_FIX_EXPORT}"
+        )
+    return Package(folder, data, tokenizer, sessions, provider, custom_ops, notes)
+
+
+def _video_mamba_file(
+    folder: Path, entry: dict, options: ort.SessionOptions, provider: str, notes: list[str]
+) -> tuple[bool, str]:
+    """(custom_ops, file): the custom-op graph when the library loads (CPU), else portable."""
+    portable = entry.get(M.S_PORTABLE_FILE)
+    has_portable = isinstance(portable, str) and (folder / portable).is_file()
+    try:
+        if not kernels.is_available():
+            reason = "the SelectiveScan custom-op library is not built"
+        elif provider != "cpu" and has_portable:
+            reason = f"the SelectiveScan kernel is CPU-only and the provider is {provider}"
+        else:
+            kernels.register(options)
+            return True, entry[M.S_FILE]
+    except KernelError as e:
+        reason = str(e)
+    if not has_portable:
+        raise KernelError(
+            f"video_mamba needs the SelectiveScan custom op and the package has no portable "
+            f"graph: expected {kernels.LIB_NAME} or {portable!r}, got neither ({reason}); "
+            "fix: build it with `python -m mvgpt.kernels.build`"
+        )
+    notes.append(f"video_mamba runs the portable graph ({reason}; slower)")
+    return False, portable

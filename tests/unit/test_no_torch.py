@@ -1,0 +1,72 @@
+"""The runtime never imports torch: a subprocess whose import system refuses torch (and the
+exporter and models packages, which need it) loads a tiny package and answers a question."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.videos import make_video
+
+PACKAGE_NAME = "tiny_package"  # shared with tests/e2e through the session's base temp folder
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    BLOCKED = ("torch", "torchvision", "mvgpt.exporter", "mvgpt.models", "transformers")
+
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                raise ImportError(f"the runtime imported {name}")
+            return None
+
+    sys.meta_path.insert(0, Refuse())
+    from mvgpt.runtime import Pipeline
+    from mvgpt.runtime.cli import main
+
+    pipeline = Pipeline.load(sys.argv[1], threads=1)
+    answer = pipeline.answer(sys.argv[2], "What happens?", max_new_tokens=3)
+    assert answer.token_ids and len(answer.frame_indices) == 16, answer
+    code = main([sys.argv[2], "What happens?", "--model", sys.argv[1], "--max-new-tokens", "2"])
+    assert code == 0, code
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+    assert not leaked, leaked
+    print("ok", answer.token_ids)
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.getbasetemp() / PACKAGE_NAME
+    if not (out / "manifest.json").is_file():
+        from mvgpt.exporter.package import export_package
+
+        export_package(*tiny_checkpoint, out)
+    return out
+
+
+def test_runtime_runs_with_torch_blocked(tiny_package, tmp_path):
+    video = make_video(tmp_path / "clip.mp4", seconds=3, fps=10)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tiny_package), str(video)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    print(done.stdout, done.stderr)
+    assert done.returncode == 0, done.stderr
+    assert "ok [" in done.stdout
+
+
+def test_the_blocker_blocks(tmp_path):
+    """The same blocker makes an import of torch fail (so the test above can fail)."""
+    script = SCRIPT.split("from mvgpt.runtime import Pipeline")[0] + "import torch\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode != 0 and "the runtime imported torch" in done.stderr

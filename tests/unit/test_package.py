@@ -1,0 +1,129 @@
+"""Loading a package: manifest errors, provider errors, the graph/manifest check that reports
+every mismatch in one PackageError, and the portable video_mamba fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mvgpt.runtime.errors import KernelError, MvgptError, PackageError
+from mvgpt.runtime.package import load_package, read_manifest
+
+PACKAGE_NAME = "tiny_package"  # shared with tests/e2e through the session's base temp folder
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.getbasetemp() / PACKAGE_NAME
+    if not (out / "manifest.json").is_file():
+        from mvgpt.exporter.package import export_package
+
+        export_package(*tiny_checkpoint, out)
+    return out
+
+
+def _copy(source: Path, dest: Path, edit=None, skip: tuple[str, ...] = ()) -> Path:
+    """Link the package's files into `dest`; write its manifest, edited by `edit(manifest)`."""
+    dest.mkdir()
+    for item in source.iterdir():
+        if item.name != "manifest.json" and item.name not in skip:
+            (dest / item.name).symlink_to(item)
+    manifest = json.loads((source / "manifest.json").read_text())
+    if edit is not None:
+        edit(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_loads_and_checks_a_good_package(tiny_package):
+    package = load_package(tiny_package, threads=1)
+    assert set(package.sessions) == {
+        "clip_vision", "frame_scorer", "video_mamba", "image_projector", "video_projector",
+        "embed_tokens", "decoder",
+    }  # fmt: skip
+    assert package.random_weights
+
+
+def test_manifest_errors(tiny_package, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    bad_json = tmp_path / "bad_json"
+    bad_json.mkdir()
+    (bad_json / "manifest.json").write_text("{not json")
+    array = tmp_path / "array"
+    array.mkdir()
+    (array / "manifest.json").write_text("[1, 2]")
+    cases = {
+        tmp_path / "missing": "not found",
+        tmp_path / "file": "not a folder",
+        tmp_path / "empty": "expected manifest.json",
+        bad_json: "expected a JSON manifest",
+        array: "expected a JSON object",
+        _copy(tiny_package, tmp_path / "v2", lambda m: m.update(schema_version=2)): (
+            "expected schema_version 1, got 2"
+        ),
+        _copy(tiny_package, tmp_path / "nokeys", lambda m: m.pop("decoder")): "decoder",
+        _copy(tiny_package, tmp_path / "nostage", lambda m: m["stages"].pop("frame_scorer")): (
+            "stages.frame_scorer"
+        ),
+        _copy(tiny_package, tmp_path / "nofile", skip=("decoder.onnx",)): "decoder.onnx",
+    }
+    for folder, expected in cases.items():
+        with pytest.raises(PackageError) as info:
+            read_manifest(folder)
+        message = str(info.value)
+        print(folder.name, "->", message)
+        assert expected in message and "fix:" in message and "\n" not in message
+
+
+def test_corrupt_graph_file(tiny_package, tmp_path):
+    bad = _copy(tiny_package, tmp_path / "corrupt", skip=("frame_scorer.onnx",))
+    (bad / "frame_scorer.onnx").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(PackageError, match="frame_scorer.onnx"):
+        load_package(bad)
+
+
+def test_every_mismatch_in_one_error(tiny_package, tmp_path):
+    def edit(manifest):
+        stages = manifest["stages"]
+        stages["clip_vision"]["inputs"][0]["name"] = "pixels"  # renamed input
+        stages["frame_scorer"]["outputs"][0]["shape"].append(1)  # rank 2 -> 3
+        stages["decoder"]["inputs"][1]["dtype"] = "int32"  # attention_mask is int64
+        stages["video_projector"]["inputs"][0]["shape"][1] = 50  # static 196
+
+    with pytest.raises(PackageError) as info:
+        load_package(_copy(tiny_package, tmp_path / "bad", edit))
+    message = str(info.value)
+    print(message)
+    assert "(5 mismatches" in message and "\n" not in message
+    assert "clip_vision input 'pixels': expected in the graph" in message
+    assert "clip_vision input 'pixel_values': in the graph, expected in the manifest" in message
+    assert "frame_scorer output 'frame_scores': expected rank 3, got 2" in message
+    assert "decoder input 'attention_mask': expected dtype int32, got int64" in message
+    assert "video_projector input 'video_features' axis 1: expected 50, got 196" in message
+
+
+def test_provider_errors(tiny_package):
+    with pytest.raises(MvgptError, match="unknown provider 'tpu'"):
+        load_package(tiny_package, provider="tpu")
+    with pytest.raises(MvgptError, match="not in this onnxruntime build.*CPUExecutionProvider"):
+        load_package(tiny_package, provider="tensorrt")
+    with pytest.raises(MvgptError, match="threads"):
+        load_package(tiny_package, threads=0)
+
+
+def test_portable_fallback_without_the_library(tiny_package, tmp_path, monkeypatch):
+    monkeypatch.setenv("MVGPT_OPS_LIBRARY", str(tmp_path / "absent.so"))
+    package = load_package(tiny_package, threads=1)
+    assert not package.custom_ops
+    assert any("portable" in note and "not built" in note for note in package.notes)
+    inputs = [i.name for i in package.sessions["video_mamba"].get_inputs()]
+    assert inputs == ["pixel_values"]
+    no_portable = _copy(
+        tiny_package, tmp_path / "no_portable", lambda m: m["stages"]["video_mamba"].pop(
+            "portable_file")
+    )  # fmt: skip
+    with pytest.raises(KernelError, match="no portable graph"):
+        load_package(no_portable)
