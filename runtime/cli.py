@@ -142,7 +142,7 @@ def _write(text: str) -> None:
 
 
 def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
-    from .default_model import DEMO_QUESTION, default_package, demo_video
+    from .default_model import DEMO_MAX_NEW_TOKENS, DEMO_QUESTION, default_package, demo_video
     from .pipeline import ENCODE_STAGES, Pipeline
     from .prompt import chat_prompt
     from .sampling import GenerationConfig
@@ -152,6 +152,8 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
     if args.demo:
         video = str(demo_video())
         questions = questions or ([] if args.interactive else [DEMO_QUESTION])
+        if args.max_new_tokens is None:
+            args.max_new_tokens = DEMO_MAX_NEW_TOKENS  # a short answer for the demo
     for question in questions:
         chat_prompt(question)  # raises on an empty question
     options = dict(

@@ -26,6 +26,7 @@ from .errors import MvgptError, PackageError
 CACHE_ENV = "MVGPT_CACHE"
 DEFAULT_PACKAGE = "default-tiny"
 DEMO_VIDEO = "demo-shapes.mp4"
+DEMO_MAX_NEW_TOKENS = 48
 DEMO_QUESTION = "What is moving in this video, and in which direction?"
 EXPORT_TIMEOUT_S = 1800
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -19,3 +21,13 @@ def checkpoint_05b(tmp_path_factory):
     from mvgpt.models.random_checkpoint import write_random_checkpoint
 
     return write_random_checkpoint(tmp_path_factory.mktemp("real"), "0.5b", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
+    """One fp32 package exported from the tiny checkpoint, shared by every test of the session."""
+    from mvgpt.exporter.package import export_package
+
+    out = tmp_path_factory.mktemp("tiny_package") / "pkg"
+    export_package(*tiny_checkpoint, out)
+    return out

@@ -10,18 +10,6 @@ import pytest
 
 from tests.videos import make_video
 
-PACKAGE_NAME = "tiny_package"  # under the session's base temp folder; the unit tests use it too
-
-
-@pytest.fixture(scope="session")
-def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / PACKAGE_NAME
-    if not (out / "manifest.json").is_file():
-        from mvgpt.exporter.package import export_package
-
-        export_package(*tiny_checkpoint, out)
-    return out
-
 
 @pytest.fixture(scope="session")
 def pipeline(tiny_package):

@@ -6,13 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-
-import pytest
 
 from tests.videos import make_video
-
-PACKAGE_NAME = "tiny_package"  # shared with tests/e2e through the session's base temp folder
 
 SCRIPT = textwrap.dedent(
     """
@@ -40,16 +35,6 @@ SCRIPT = textwrap.dedent(
     print("ok", answer.token_ids)
     """
 )
-
-
-@pytest.fixture(scope="session")
-def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / PACKAGE_NAME
-    if not (out / "manifest.json").is_file():
-        from mvgpt.exporter.package import export_package
-
-        export_package(*tiny_checkpoint, out)
-    return out
 
 
 def test_runtime_runs_with_torch_blocked(tiny_package, tmp_path):

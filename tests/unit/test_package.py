@@ -11,18 +11,6 @@ import pytest
 from mvgpt.runtime.errors import KernelError, MvgptError, PackageError
 from mvgpt.runtime.package import load_package, read_manifest
 
-PACKAGE_NAME = "tiny_package"  # shared with tests/e2e through the session's base temp folder
-
-
-@pytest.fixture(scope="session")
-def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / PACKAGE_NAME
-    if not (out / "manifest.json").is_file():
-        from mvgpt.exporter.package import export_package
-
-        export_package(*tiny_checkpoint, out)
-    return out
-
 
 def _copy(source: Path, dest: Path, edit=None, skip: tuple[str, ...] = ()) -> Path:
     """Link the package's files into `dest`; write its manifest, edited by `edit(manifest)`."""
