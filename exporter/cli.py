@@ -1,6 +1,6 @@
 """``mvgpt-export``: official checkpoint (or a random one) -> validated ONNX model package.
 
-    mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision fp32]
+    mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision {fp32,int8,int4}]
     mvgpt-export --random {tiny,0.5b} --out PKG
 
 A hub id instead of a folder is downloaded with huggingface_hub when online. Errors are one
@@ -46,7 +46,12 @@ def parse_args(argv):
     src.add_argument("--random", choices=("tiny", "0.5b"), help="export a random checkpoint")
     parser.add_argument("--clip", help=f"CLIP folder or hub id (default {CLIP_HUB_ID})")
     parser.add_argument("--out", required=True, help="package folder to write")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="weights: fp32, int8 (dynamic int8 MatMuls), int4 (4-bit decoder, rest int8)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random weights")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)

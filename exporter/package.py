@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from mvgpt.exporter.graphs import IR_VERSION, OPSET, export_graph, graph_bytes, save_model
+from mvgpt.exporter.quantize import PRECISIONS, manifest_entry, quantize_package
 from mvgpt.exporter.scan_op import ScanOp, register_onnx_symbolic
 from mvgpt.exporter.validate import StageCheck, check_stage, format_table, raise_on_failures
 from mvgpt.exporter.wrappers import graph_specs
@@ -31,7 +32,6 @@ from mvgpt.runtime.errors import ExportError
 from mvgpt.runtime.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from mvgpt.runtime.prompt import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, SYSTEM_PROMPT
 
-PRECISIONS = ("fp32",)
 PORTABLE_SUFFIX = "_portable"
 DEFAULT_MAX_NEW_TOKENS = 1024  # the official inference.py default
 
@@ -85,7 +85,14 @@ def publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_manifest(model: MobileVideoGPT, specs, files: dict, source: dict, generation: dict):
+def build_manifest(
+    model: MobileVideoGPT,
+    specs,
+    files: dict,
+    source: dict,
+    generation: dict,
+    precision: str = "fp32",
+):
     cfg = model.cfg
     stages = {}
     for spec in specs:
@@ -102,7 +109,7 @@ def build_manifest(model: MobileVideoGPT, specs, files: dict, source: dict, gene
     return {
         M.K_SCHEMA_VERSION: M.SCHEMA_VERSION,
         M.K_SOURCE: source,
-        M.K_PRECISION: "fp32",
+        M.K_PRECISION: precision,
         M.K_OPSET: OPSET,
         M.K_IR_VERSION: IR_VERSION,
         M.K_CUSTOM_OPS: [{"domain": M.CUSTOM_OP_DOMAIN, "op_type": M.CUSTOM_OP_SCAN}],
@@ -203,6 +210,7 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
             checks.append(check_stage(spec, portable, custom_ops=False))
     progress("validation:\n" + format_table(checks))
     raise_on_failures(checks)
+    quant_checks = quantize_package(staging, files, precision, progress)
     shutil.copy(checkpoint_dir / M.TOKENIZER_FILE, staging / M.TOKENIZER_FILE)
     config = json.loads((checkpoint_dir / "config.json").read_text())
     source = {
@@ -212,7 +220,9 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
         "random_weights": bool(config.get("mvgpt_random_weights", False)),
         **(source_note or {}),
     }
-    manifest = build_manifest(model, specs, files, source, ckpt.generation_config)
+    manifest = build_manifest(model, specs, files, source, ckpt.generation_config, precision)
+    if precision != "fp32":
+        manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks)
     sizes = {name: graph_bytes(staging / name) for name in files.values()}
     manifest[M.K_SIZES] = sizes
     (staging / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

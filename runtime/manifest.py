@@ -31,6 +31,17 @@ K_DECODER = "decoder"  # {num_hidden_layers, num_key_value_heads, head_dim, hidd
 K_VISUAL = "visual"  # {num_image_tokens, num_video_tokens, num_visual_tokens}
 K_TOKENIZER = "tokenizer"
 K_SIZES = "sizes_bytes"  # {graph file: bytes incl. external data}
+K_QUANTIZATION = "quantization"  # {min_cosine, reference, stages: {key: quantization entry}}
+
+# keys of the quantization object and of its per-graph entries (keys: stage names, plus
+# "video_mamba_portable"); measured against the fp32 ONNX graphs of the same export
+Q_MIN_COSINE = "min_cosine"
+Q_REFERENCE = "reference"
+Q_STAGES = "stages"
+Q_METHOD = "method"  # fp32 | int8_dynamic_matmul | int8_per_row_table | int4_matmulnbits_...
+Q_COSINE = "cosine"
+Q_MAX_ABS_DIFF = "max_abs_diff"
+Q_TOP1 = "top1_agreement"  # decoder only: argmax of logits agrees with fp32
 
 # keys of a stage entry
 S_FILE = "file"

@@ -1,0 +1,330 @@
+"""Quantized precisions of a package: which graph gets which weight quantization, the int8
+embedding-table graph, and the check of every quantized graph against its fp32 ONNX graph.
+
+- ``int8``: onnxruntime's dynamic quantization (int8 weights, uint8 activations quantized at run
+  time) of the MatMuls with constant weights in clip_vision, video_mamba (custom-op and portable),
+  both projectors and the decoder (its tied lm_head is a plain MatMul on a constant-folded,
+  pre-transposed copy of the table, so it is quantized too). embed_tokens becomes an int8 table
+  with one fp32 scale per row, dequantized in the graph (Gather, Gather, Mul). The frame scorer
+  stays fp32: it has no weights and its softmax scores decide which frames are kept.
+- ``int4``: the decoder's weight MatMuls (lm_head included) as ``MatMulNBits`` (4-bit symmetric
+  blocks, ``accuracy_level=4`` so the CPU kernel runs int8 dot products); the rest as ``int8``.
+
+Every quantized graph is run next to its fp32 graph on the same fresh inputs (projectors on the
+fp32 encoders' outputs, the decoder on embeddings of random token ids, prefill plus cached steps);
+cosine < ``MIN_COSINE`` in any stage fails the export with one ExportError naming all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mvgpt.exporter.graphs import save_model
+from mvgpt.exporter.validate import session
+from mvgpt.runtime import manifest as M
+from mvgpt.runtime.errors import ExportError
+
+PRECISIONS = ("fp32", "int8", "int4")
+MIN_COSINE = 0.99
+INT8_PER_CHANNEL = True  # 0.5b decoder: cosine 0.9965 vs 0.9956 per-tensor, same speed
+INT8_OP_TYPES = ["MatMul"]  # the traced graphs hold no Gemm (Linear on 3-D inputs is MatMul+Add)
+INT4_BLOCK_SIZE = 32
+INT4_ACCURACY_LEVEL = 4  # int8 activations x int4 weights: the fast CPU path
+PREFILL_TOKENS = 48
+DECODE_STEPS = 8
+VALIDATION_FRAMES = 4  # the value of every symbolic frame/batch axis in the checks
+SEED = 0
+
+INT8_DYNAMIC = "int8_dynamic_matmul"
+INT8_EMBEDDING = "int8_per_row_table"
+INT4_MATMULNBITS = f"int4_matmulnbits_block{INT4_BLOCK_SIZE}_acc{INT4_ACCURACY_LEVEL}"
+FP32 = "fp32"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class QuantCheck:
+    stage: str  # stage name, or "video_mamba_portable"
+    file: str
+    method: str
+    max_abs_diff: float
+    cosine: float
+    top1_agreement: float | None  # decoder only: argmax of logits, quantized vs fp32
+    ok: bool
+
+    def to_dict(self) -> dict:
+        out = {
+            M.Q_METHOD: self.method,
+            M.Q_COSINE: self.cosine,
+            M.Q_MAX_ABS_DIFF: self.max_abs_diff,
+        }
+        if self.top1_agreement is not None:
+            out[M.Q_TOP1] = self.top1_agreement
+        return out
+
+
+def plan(precision: str, files: dict[str, str]) -> dict[str, str]:
+    """Method per ``files`` key (stage names plus ``video_mamba_portable``) for a precision."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    methods = {}
+    for key in files:
+        if precision == "fp32" or key == M.FRAME_SCORER:
+            methods[key] = FP32
+        elif key == M.EMBED_TOKENS:
+            methods[key] = INT8_EMBEDDING
+        elif key == M.DECODER and precision == "int4":
+            methods[key] = INT4_MATMULNBITS
+        else:
+            methods[key] = INT8_DYNAMIC
+    return methods
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantizers log a pre-processing hint on the root logger for every graph."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization of constant-weight MatMuls; custom-domain nodes pass through."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dst.with_name(dst.name + ".raw")
+    with _quiet_root_logger():
+        quantize_dynamic(
+            src,
+            tmp,
+            op_types_to_quantize=INT8_OP_TYPES,
+            per_channel=INT8_PER_CHANNEL,
+            reduce_range=False,  # VNNI/AMX CPUs do not saturate u8s8 products
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    save_model(onnx.load(str(tmp)), dst)
+    tmp.unlink()
+    tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
+
+
+def quantize_int4(src: Path, dst: Path) -> None:
+    """Every constant-weight MatMul as MatMulNBits (4-bit, symmetric, blocks along K)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=INT4_BLOCK_SIZE, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL
+    )
+    with _quiet_root_logger():
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+        quantizer.process()
+    save_model(quantizer.model.model, dst)
+
+
+def quantize_embedding(src: Path, dst: Path) -> None:
+    """Gather table -> int8 rows with one fp32 scale each (symmetric, max |row| -> 127)."""
+    model = onnx.load(str(src))
+    tables = [t for t in model.graph.initializer if len(t.dims) == 2]
+    if len(model.graph.node) != 1 or model.graph.node[0].op_type != "Gather" or len(tables) != 1:
+        raise ExportError(
+            f"{src.name}: expected one Gather on one 2-D table, got ops "
+            f"{[n.op_type for n in model.graph.node]}; fix the embed_tokens wrapper"
+        )
+    table = numpy_helper.to_array(tables[0]).astype(np.float32)  # (V, H)
+    scale = np.abs(table).max(axis=1, keepdims=True) / 127.0  # (V, 1)
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
+    ids, out = model.graph.input[0].name, model.graph.output[0].name
+    nodes = [
+        helper.make_node("Gather", ["table_int8", ids], ["rows_int8"], axis=0),  # (B, S, H)
+        helper.make_node("Cast", ["rows_int8"], ["rows"], to=TensorProto.FLOAT),
+        helper.make_node("Gather", ["row_scale", ids], ["scales"], axis=0),  # (B, S, 1)
+        helper.make_node("Mul", ["rows", "scales"], [out]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        model.graph.name,
+        list(model.graph.input),
+        list(model.graph.output),
+        [numpy_helper.from_array(q, "table_int8"), numpy_helper.from_array(scale, "row_scale")],
+    )
+    new = helper.make_model(graph, opset_imports=list(model.opset_import))
+    new.producer_name, new.producer_version = model.producer_name, model.producer_version
+    save_model(new, dst)
+
+
+QUANTIZERS = {
+    INT8_DYNAMIC: quantize_int8,
+    INT4_MATMULNBITS: quantize_int4,
+    INT8_EMBEDDING: quantize_embedding,
+}
+
+
+def quantize_package(
+    staging: Path, files: dict[str, str], precision: str, progress: Progress
+) -> list[QuantCheck]:
+    """Quantize the fp32 graphs in ``staging`` in place (same file names); return the checks.
+
+    The quantized graphs are written to a subfolder first and checked against the fp32 graphs;
+    only when every stage passes do they replace the fp32 files.
+    """
+    methods = plan(precision, files)
+    todo = {k: m for k, m in methods.items() if m != FP32}
+    if not todo:
+        return []
+    qdir = staging / ".quantized"
+    qdir.mkdir()
+    try:
+        for n, (key, method) in enumerate(todo.items(), 1):
+            progress(f"[{n}/{len(todo)}] quantizing {files[key]} ({method})")
+            QUANTIZERS[method](staging / files[key], qdir / files[key])
+        progress("checking quantized graphs against fp32")
+        checks = check_quantized(staging, qdir, files, todo)
+        progress("quantization:\n" + format_table(checks))
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            detail = "; ".join(f"{c.file}: cosine {c.cosine:.4f}" for c in bad)
+            raise ExportError(
+                f"{precision} quantization failed for {len(bad)} graph(s): {detail} (expected "
+                f"cosine >= {MIN_COSINE} against fp32); export at a higher precision"
+            )
+        for key in todo:
+            for name in (files[key], files[key] + ".data"):
+                (staging / name).unlink(missing_ok=True)
+                if (qdir / name).exists():
+                    (qdir / name).rename(staging / name)
+    finally:
+        shutil.rmtree(qdir, ignore_errors=True)
+    return checks
+
+
+def _feeds(sess, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random normal inputs; symbolic axes get VALIDATION_FRAMES."""
+    feeds = {}
+    for arg in sess.get_inputs():
+        shape = [d if isinstance(d, int) else VALIDATION_FRAMES for d in arg.shape]
+        feeds[arg.name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds
+
+
+def _compare(got: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float]:
+    """(max |diff|, cosine) over all outputs flattened together."""
+    a = np.concatenate([x.ravel() for x in got]).astype(np.float64)
+    b = np.concatenate([x.ravel() for x in ref]).astype(np.float64)
+    cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    return float(np.max(np.abs(a - b))), cosine
+
+
+def check_quantized(
+    fp32_dir: Path, quant_dir: Path, files: dict[str, str], methods: dict[str, str]
+) -> list[QuantCheck]:
+    """Each quantized graph against its fp32 graph on the same seeded inputs."""
+    rng = np.random.default_rng(SEED)
+    upstream: dict[str, np.ndarray] = {}  # fp32 encoder outputs, fed to the projectors
+    checks = []
+    for key, method in methods.items():
+        custom = key == M.VIDEO_MAMBA
+        ref_sess = session(fp32_dir / files[key], custom_ops=custom)
+        got_sess = session(quant_dir / files[key], custom_ops=custom)
+        top1 = None
+        if key == M.DECODER:
+            embed = session(fp32_dir / files[M.EMBED_TOKENS], custom_ops=False)
+            ref, got, top1 = _decoder_outputs(ref_sess, got_sess, embed, rng)
+        else:
+            feeds = _feeds(ref_sess, rng)
+            if key == M.EMBED_TOKENS:
+                vocab = _vocab_size(fp32_dir / files[M.DECODER])
+                feeds = {"input_ids": rng.integers(0, vocab, (2, PREFILL_TOKENS), dtype=np.int64)}
+            elif key == M.IMAGE_PROJECTOR and M.CLIP_VISION in upstream:
+                feeds = {ref_sess.get_inputs()[0].name: upstream[M.CLIP_VISION]}
+            elif key == M.VIDEO_PROJECTOR and M.VIDEO_MAMBA in upstream:
+                feeds = {ref_sess.get_inputs()[0].name: upstream[M.VIDEO_MAMBA]}
+            ref, got = ref_sess.run(None, feeds), got_sess.run(None, feeds)
+            if key in (M.CLIP_VISION, M.VIDEO_MAMBA):
+                upstream[key] = ref[0]
+        abs_diff, cosine = _compare(got, ref)
+        checks.append(
+            QuantCheck(key, files[key], method, abs_diff, cosine, top1, cosine >= MIN_COSINE)
+        )
+        del ref_sess, got_sess
+    return checks
+
+
+def _vocab_size(decoder: Path) -> int:
+    graph = onnx.load(str(decoder), load_external_data=False).graph
+    logits = next(o for o in graph.output if o.name == "logits")
+    return logits.type.tensor_type.shape.dim[2].dim_value
+
+
+def _decoder_outputs(ref_sess, got_sess, embed_sess, rng):
+    """Logits of both decoders over a random prefill and DECODE_STEPS cached greedy steps
+    (fp32's choice fed to both); returns (ref logits, quantized logits, top-1 agreement)."""
+    vocab = ref_sess.get_outputs()[0].shape[2]
+    pasts = [a for a in ref_sess.get_inputs() if a.name.startswith("past_key_values.")]
+    kv_heads, head_dim = pasts[0].shape[1], pasts[0].shape[3]
+    empty = np.zeros((1, kv_heads, 0, head_dim), np.float32)
+
+    def step(sess, ids, start, past):
+        embeds = embed_sess.run(None, {"input_ids": ids})[0]
+        feeds = {
+            "inputs_embeds": embeds,
+            "attention_mask": np.ones((1, start + ids.shape[1]), np.int64),
+            "position_ids": np.arange(start, start + ids.shape[1], dtype=np.int64)[None],
+        }
+        feeds.update(past or {a.name: empty for a in pasts})
+        outs = sess.run(None, feeds)
+        return outs[0][0], {a.name: o for a, o in zip(pasts, outs[1:], strict=True)}
+
+    ids = rng.integers(0, vocab, (1, PREFILL_TOKENS), dtype=np.int64)
+    ref, ref_past = step(ref_sess, ids, 0, None)
+    got, got_past = step(got_sess, ids, 0, None)
+    refs, gots = [ref], [got]
+    for t in range(PREFILL_TOKENS, PREFILL_TOKENS + DECODE_STEPS):
+        token = np.array([[int(np.argmax(refs[-1][-1]))]], np.int64)
+        ref, ref_past = step(ref_sess, token, t, ref_past)
+        got, got_past = step(got_sess, token, t, got_past)
+        refs.append(ref)
+        gots.append(got)
+    ref_all, got_all = np.concatenate(refs), np.concatenate(gots)  # (positions, V)
+    top1 = float(np.mean(ref_all.argmax(-1) == got_all.argmax(-1)))
+    return [ref_all], [got_all], top1
+
+
+def format_table(checks: list[QuantCheck]) -> str:
+    rows = [f"{'graph':<28} {'method':<32} {'max |diff|':>11} {'cosine':>10} {'top-1':>7}  ok"]
+    for c in checks:
+        top1 = f"{c.top1_agreement:>7.3f}" if c.top1_agreement is not None else f"{'-':>7}"
+        rows.append(
+            f"{c.file:<28} {c.method:<32} {c.max_abs_diff:>11.3e} {c.cosine:>10.6f} {top1}  "
+            f"{'yes' if c.ok else 'NO'}"
+        )
+    return "\n".join(rows)
+
+
+def manifest_entry(precision: str, files: dict[str, str], checks: list[QuantCheck]) -> dict:
+    """The manifest's ``quantization`` object: method and measured agreement per graph."""
+    methods = plan(precision, files)
+    measured = {c.stage: c.to_dict() for c in checks}
+    return {
+        M.Q_MIN_COSINE: MIN_COSINE,
+        M.Q_REFERENCE: "fp32 ONNX graphs of the same export, same seeded random inputs",
+        M.Q_STAGES: {k: measured.get(k, {M.Q_METHOD: m}) for k, m in methods.items()},
+    }

@@ -1,0 +1,135 @@
+"""mvgpt-export --precision int8 / int4 on a tiny random checkpoint: every quantized graph loads in
+onnxruntime, agrees with its fp32 ONNX graph (cosine printed, then asserted), int4 really puts the
+decoder's weight MatMuls into MatMulNBits with accuracy_level 4, and the manifest says so."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from mvgpt import kernels
+from mvgpt.exporter.graphs import IR_VERSION
+from mvgpt.exporter.package import export_package
+from mvgpt.exporter.quantize import MIN_COSINE, quantize_embedding
+from mvgpt.runtime import manifest as M
+
+
+def _export(tiny_checkpoint, tmp_path_factory, precision):
+    out = tmp_path_factory.mktemp(precision) / "pkg"
+    export_package(*tiny_checkpoint, out, precision=precision)
+    return out, json.loads((out / M.MANIFEST_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_checkpoint, tmp_path_factory):
+    return _export(tiny_checkpoint, tmp_path_factory, "fp32")
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def quantized(request, tiny_checkpoint, tmp_path_factory):
+    return request.param, *_export(tiny_checkpoint, tmp_path_factory, request.param)
+
+
+def _ops(path):
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def test_every_quantized_graph_loads_and_matches_manifest(quantized):
+    precision, out, manifest = quantized
+    assert manifest[M.K_PRECISION] == precision
+    for entry in manifest[M.K_STAGES].values():
+        for name in [entry[M.S_FILE], entry.get(M.S_PORTABLE_FILE)]:
+            if name is None:
+                continue
+            opts = ort.SessionOptions()
+            if name == "video_mamba.onnx":
+                kernels.register(opts)
+            sess = ort.InferenceSession(str(out / name), opts, providers=["CPUExecutionProvider"])
+            assert [i.name for i in sess.get_inputs()] == [t[M.S_NAME] for t in entry[M.S_INPUTS]]
+            assert [o.name for o in sess.get_outputs()] == [t[M.S_NAME] for t in entry[M.S_OUTPUTS]]
+            assert onnx.load(str(out / name), load_external_data=False).ir_version == IR_VERSION
+    assert not list(out.glob("*.raw*")) and not (out / ".quantized").exists()
+
+
+def test_cosine_against_fp32_in_manifest(quantized):
+    precision, _, manifest = quantized
+    stages = manifest[M.K_QUANTIZATION][M.Q_STAGES]
+    for key, entry in stages.items():
+        cos, top1 = entry.get(M.Q_COSINE), entry.get(M.Q_TOP1)
+        print(f"{precision} {key:<22} {entry[M.Q_METHOD]:<30} cosine {cos} top-1 {top1}")
+    assert stages[M.FRAME_SCORER] == {M.Q_METHOD: "fp32"}
+    measured = {k: e for k, e in stages.items() if k != M.FRAME_SCORER}
+    assert set(measured) == set(M.STAGES) - {M.FRAME_SCORER} | {"video_mamba_portable"}
+    assert all(e[M.Q_COSINE] >= MIN_COSINE for e in measured.values())
+    assert 0.0 <= stages[M.DECODER][M.Q_TOP1] <= 1.0
+
+
+def test_encoders_int8_and_package_smaller(quantized, fp32):
+    precision, out, manifest = quantized
+    fp32_out, fp32_manifest = fp32
+    for name in ("clip_vision.onnx", "video_mamba.onnx", "video_mamba_portable.onnx"):
+        assert _ops(out / name)["MatMulInteger"] > 0, name
+    assert (
+        _ops(out / "video_mamba.onnx")["SelectiveScan"]
+        == _ops(fp32_out / "video_mamba.onnx")["SelectiveScan"]
+    )
+    assert _ops(out / "frame_scorer.onnx") == _ops(fp32_out / "frame_scorer.onnx")
+    embed = onnx.load(str(out / "embed_tokens.onnx"))
+    assert [t.data_type for t in embed.graph.initializer if len(t.dims) == 2] == [
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.FLOAT,  # the per-row scales, (V, 1)
+    ]
+    total, fp32_total = sum(manifest[M.K_SIZES].values()), sum(fp32_manifest[M.K_SIZES].values())
+    print(f"{precision} package {total / 1e6:.1f} MB, fp32 {fp32_total / 1e6:.1f} MB")
+    assert total < 0.5 * fp32_total
+
+
+def test_int4_decoder_is_matmulnbits(quantized):
+    precision, out, _ = quantized
+    nodes = onnx.load(str(out / "decoder.onnx"), load_external_data=False).graph.node
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    weight_matmuls = [n for n in nodes if n.op_type in ("MatMulInteger", "MatMulNBits")]
+    print(precision, len(nbits), "MatMulNBits of", len(weight_matmuls), "weight MatMuls")
+    if precision == "int8":
+        assert not nbits and weight_matmuls
+        return
+    assert nbits and len(nbits) == len(weight_matmuls)
+    for n in nbits:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["accuracy_level"] == 4 and attrs["bits"] == 4, attrs
+    vocab = max(
+        onnx.helper.get_attribute_value(a) for n in nbits for a in n.attribute if a.name == "N"
+    )
+    assert vocab == 151936  # the tied lm_head is quantized too
+
+
+def test_int8_embedding_table_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    table = (0.02 * rng.standard_normal((50, 16))).astype(np.float32)
+    table[3] = 0.0  # an all-zero row must not divide by zero
+    ids = onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["b", "s"])
+    out = onnx.helper.make_tensor_value_info(
+        "inputs_embeds", onnx.TensorProto.FLOAT, ["b", "s", 16]
+    )
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gather", ["w", "input_ids"], ["inputs_embeds"])],
+        "g",
+        [ids],
+        [out],
+        [onnx.numpy_helper.from_array(table, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "e.onnx"))
+    quantize_embedding(tmp_path / "e.onnx", tmp_path / "q.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    query = np.array([[0, 3, 49, 7]], np.int64)
+    got = sess.run(None, {"input_ids": query})[0]
+    err = np.abs(got - table[query]).max(axis=-1)
+    bound = np.abs(table[query]).max(axis=-1) / 254  # half a step of each row's scale
+    print("per-row max |err|", err, "bound", bound)
+    assert got.shape == (1, 4, 16) and np.all(err <= bound + 1e-9) and np.all(got[0, 1] == 0)
