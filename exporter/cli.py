@@ -38,7 +38,7 @@ def resolve_folder(name: str, what: str) -> Path:
 
 
 def parse_args(argv):
-    from mvgpt.exporter.package import PRECISIONS
+    from mvgpt.exporter.package import MIN_COSINE, PRECISIONS
 
     parser = argparse.ArgumentParser(prog="mvgpt-export", description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
@@ -51,6 +51,12 @@ def parse_args(argv):
         choices=PRECISIONS,
         default="fp32",
         help="weights: fp32, int8 (dynamic int8 MatMuls), int4 (4-bit decoder, rest int8)",
+    )
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        default=MIN_COSINE,
+        help=f"agreement with fp32 each quantized graph must reach (default {MIN_COSINE})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random weights")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -72,11 +78,11 @@ def run(args) -> None:
             progress(f"writing a random {args.random} checkpoint (weights are random)")
             ckpt, clip = write_random_checkpoint(tmp, args.random, args.seed)
             note = {"random_size": args.random, "random_seed": args.seed}
-            export_package(ckpt, clip, args.out, args.precision, note, progress)
+            export_package(ckpt, clip, args.out, args.precision, note, progress, args.min_cosine)
     else:
         ckpt = resolve_folder(args.checkpoint, "checkpoint")
         clip = resolve_folder(args.clip or CLIP_HUB_ID, "CLIP folder")
-        export_package(ckpt, clip, args.out, args.precision, None, progress)
+        export_package(ckpt, clip, args.out, args.precision, None, progress, args.min_cosine)
     progress(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
 
 

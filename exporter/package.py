@@ -9,6 +9,7 @@ failed export never leaves a folder that looks valid.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 import onnx
 
 from mvgpt.exporter.graphs import IR_VERSION, OPSET, export_graph, graph_bytes, save_model
-from mvgpt.exporter.quantize import PRECISIONS, manifest_entry, quantize_package
+from mvgpt.exporter.quantize import MIN_COSINE, PRECISIONS, manifest_entry, quantize_package
 from mvgpt.exporter.scan_op import ScanOp, register_onnx_symbolic
 from mvgpt.exporter.validate import StageCheck, check_stage, format_table, raise_on_failures
 from mvgpt.exporter.wrappers import graph_specs
@@ -167,15 +168,21 @@ def export_package(
     precision: str = "fp32",
     source_note: dict | None = None,
     progress: Progress = _quiet,
+    min_cosine: float = MIN_COSINE,
 ) -> list[StageCheck]:
-    """Export, validate and publish a package; returns the validation table rows."""
+    """Export, validate and publish a package; returns the validation table rows.
+
+    ``min_cosine`` is the agreement with fp32 every quantized graph must reach (recorded in the
+    manifest)."""
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     checkpoint_dir, clip_dir, out = Path(checkpoint_dir), Path(clip_dir), Path(out)
     check_folders(checkpoint_dir, clip_dir)  # fail before any heavy work
     staging = prepare_output(out)
     try:
-        checks = _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, progress)
+        checks = _export_into(
+            checkpoint_dir, clip_dir, staging, precision, source_note, progress, min_cosine
+        )
         publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -183,7 +190,7 @@ def export_package(
     return checks
 
 
-def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, progress):
+def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, progress, min_cosine):
     progress("loading checkpoint")
     ckpt = load_checkpoint(checkpoint_dir, clip_dir)
     model = MobileVideoGPT.from_checkpoint(ckpt)
@@ -210,7 +217,6 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
             checks.append(check_stage(spec, portable, custom_ops=False))
     progress("validation:\n" + format_table(checks))
     raise_on_failures(checks)
-    quant_checks = quantize_package(staging, files, precision, progress)
     shutil.copy(checkpoint_dir / M.TOKENIZER_FILE, staging / M.TOKENIZER_FILE)
     config = json.loads((checkpoint_dir / "config.json").read_text())
     source = {
@@ -221,8 +227,11 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
         **(source_note or {}),
     }
     manifest = build_manifest(model, specs, files, source, ckpt.generation_config, precision)
+    del model, specs, ckpt  # the torch weights are not needed to quantize: free them first
+    gc.collect()
     if precision != "fp32":
-        manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks)
+        quant_checks = quantize_package(staging, files, precision, progress, min_cosine)
+        manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks, min_cosine)
     sizes = {name: graph_bytes(staging / name) for name in files.values()}
     manifest[M.K_SIZES] = sizes
     (staging / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

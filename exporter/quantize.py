@@ -179,7 +179,11 @@ QUANTIZERS = {
 
 
 def quantize_package(
-    staging: Path, files: dict[str, str], precision: str, progress: Progress
+    staging: Path,
+    files: dict[str, str],
+    precision: str,
+    progress: Progress,
+    min_cosine: float = MIN_COSINE,
 ) -> list[QuantCheck]:
     """Quantize the fp32 graphs in ``staging`` in place (same file names); return the checks.
 
@@ -197,14 +201,15 @@ def quantize_package(
             progress(f"[{n}/{len(todo)}] quantizing {files[key]} ({method})")
             QUANTIZERS[method](staging / files[key], qdir / files[key])
         progress("checking quantized graphs against fp32")
-        checks = check_quantized(staging, qdir, files, todo)
+        checks = check_quantized(staging, qdir, files, todo, min_cosine)
         progress("quantization:\n" + format_table(checks))
         bad = [c for c in checks if not c.ok]
         if bad:
             detail = "; ".join(f"{c.file}: cosine {c.cosine:.4f}" for c in bad)
             raise ExportError(
                 f"{precision} quantization failed for {len(bad)} graph(s): {detail} (expected "
-                f"cosine >= {MIN_COSINE} against fp32); export at a higher precision"
+                f"cosine >= {min_cosine} against fp32); export at a higher precision, or lower "
+                "the bar with --min-cosine (the manifest records it)"
             )
         for key in todo:
             for name in (files[key], files[key] + ".data"):
@@ -234,7 +239,11 @@ def _compare(got: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float
 
 
 def check_quantized(
-    fp32_dir: Path, quant_dir: Path, files: dict[str, str], methods: dict[str, str]
+    fp32_dir: Path,
+    quant_dir: Path,
+    files: dict[str, str],
+    methods: dict[str, str],
+    min_cosine: float = MIN_COSINE,
 ) -> list[QuantCheck]:
     """Each quantized graph against its fp32 graph on the same seeded inputs."""
     rng = np.random.default_rng(SEED)
@@ -262,7 +271,7 @@ def check_quantized(
                 upstream[key] = ref[0]
         abs_diff, cosine = _compare(got, ref)
         checks.append(
-            QuantCheck(key, files[key], method, abs_diff, cosine, top1, cosine >= MIN_COSINE)
+            QuantCheck(key, files[key], method, abs_diff, cosine, top1, cosine >= min_cosine)
         )
         del ref_sess, got_sess
     return checks
@@ -319,12 +328,14 @@ def format_table(checks: list[QuantCheck]) -> str:
     return "\n".join(rows)
 
 
-def manifest_entry(precision: str, files: dict[str, str], checks: list[QuantCheck]) -> dict:
+def manifest_entry(
+    precision: str, files: dict[str, str], checks: list[QuantCheck], min_cosine: float = MIN_COSINE
+) -> dict:
     """The manifest's ``quantization`` object: method and measured agreement per graph."""
     methods = plan(precision, files)
     measured = {c.stage: c.to_dict() for c in checks}
     return {
-        M.Q_MIN_COSINE: MIN_COSINE,
+        M.Q_MIN_COSINE: min_cosine,
         M.Q_REFERENCE: "fp32 ONNX graphs of the same export, same seeded random inputs",
         M.Q_STAGES: {k: measured.get(k, {M.Q_METHOD: m}) for k, m in methods.items()},
     }

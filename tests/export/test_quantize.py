@@ -17,6 +17,7 @@ from mvgpt.exporter.graphs import IR_VERSION
 from mvgpt.exporter.package import export_package
 from mvgpt.exporter.quantize import MIN_COSINE, quantize_embedding
 from mvgpt.runtime import manifest as M
+from mvgpt.runtime.errors import ExportError
 
 
 def _export(tiny_checkpoint, tmp_path_factory, precision):
@@ -26,8 +27,8 @@ def _export(tiny_checkpoint, tmp_path_factory, precision):
 
 
 @pytest.fixture(scope="module")
-def fp32(tiny_checkpoint, tmp_path_factory):
-    return _export(tiny_checkpoint, tmp_path_factory, "fp32")
+def fp32(tiny_package):
+    return tiny_package, json.loads((tiny_package / M.MANIFEST_FILE).read_text())
 
 
 @pytest.fixture(scope="module", params=["int8", "int4"])
@@ -133,3 +134,12 @@ def test_int8_embedding_table_round_trip(tmp_path):
     bound = np.abs(table[query]).max(axis=-1) / 254  # half a step of each row's scale
     print("per-row max |err|", err, "bound", bound)
     assert got.shape == (1, 4, 16) and np.all(err <= bound + 1e-9) and np.all(got[0, 1] == 0)
+
+
+def test_an_unmet_cosine_bar_fails_and_publishes_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "pkg"
+    with pytest.raises(ExportError, match="quantization failed") as err:
+        export_package(*tiny_checkpoint, out, precision="int8", min_cosine=1.0)
+    print(err.value)
+    assert "--min-cosine" in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".pkg.partial-*"))
