@@ -9,8 +9,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from mvgpt.exporter.wrappers import GraphSpec
 
@@ -56,6 +58,9 @@ def export_graph(spec: GraphSpec, path: Path) -> None:
                 do_constant_folding=True,
             )
         model = onnx.load(str(raw))  # pulls any external data the exporter wrote
+    for name, value in spec.defaults.items():  # an initializer named like an input = its default
+        dtype = next(t.dtype for t in spec.inputs if t.name == name)
+        model.graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), name))
     save_model(model, path)
 
 

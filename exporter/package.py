@@ -99,9 +99,15 @@ def build_manifest(
     for spec in specs:
         entry = {
             M.S_FILE: files[spec.stage],
-            M.S_INPUTS: [t.to_dict() for t in spec.inputs],
+            M.S_INPUTS: [t.to_dict() for t in spec.inputs if t.name not in spec.defaults],
             M.S_OUTPUTS: [t.to_dict() for t in spec.outputs],
         }
+        if spec.defaults:
+            entry[M.S_OPTIONAL_INPUTS] = [
+                {**t.to_dict(), M.S_DEFAULT: spec.defaults[t.name]}
+                for t in spec.inputs
+                if t.name in spec.defaults
+            ]
         if spec.stage == M.VIDEO_MAMBA:
             entry[M.S_PORTABLE_FILE] = files[spec.stage + PORTABLE_SUFFIX]
         stages[spec.stage] = entry

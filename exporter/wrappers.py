@@ -5,7 +5,7 @@ description (names, dtypes, symbolic shapes) for the manifest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -33,6 +33,8 @@ class GraphSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     example: tuple  # example inputs for tracing (and validation shapes)
+    # inputs that get a default value (an initializer of the same name): callers may omit them
+    defaults: dict[str, int] = field(default_factory=dict)
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -90,16 +92,20 @@ class EmbedTokensGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """Flat past_key_values.{i}.key/value inputs and present.{i}.key/value outputs."""
+    """Flat past_key_values.{i}.key/value inputs and present.{i}.key/value outputs, then an
+    optional ``num_logits_to_keep`` (default 0: logits for every position)."""
 
     def __init__(self, model: MobileVideoGPT):
         super().__init__()
         self.decoder = model.decoder
         self.num_layers = model.cfg.qwen.num_hidden_layers
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past_flat):
+    def forward(self, inputs_embeds, attention_mask, position_ids, *rest):
+        past_flat, num_logits_to_keep = rest[:-1], rest[-1]
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.num_layers)]
-        logits, presents = self.decoder(inputs_embeds, attention_mask, position_ids, past)
+        logits, presents = self.decoder(
+            inputs_embeds, attention_mask, position_ids, past, num_logits_to_keep
+        )
         flat = [t for kv in presents for t in kv]
         return (logits, *flat)
 
@@ -182,6 +188,7 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
                 TensorSpec("attention_mask", i64, ("batch", "total_sequence")),
                 TensorSpec("position_ids", i64, ("batch", "sequence")),
                 *past_in,
+                TensorSpec(M.NUM_LOGITS_TO_KEEP, i64, ()),
             ],
             [TensorSpec("logits", f32, ("batch", "sequence", qwen.vocab_size)), *present_out],
             (
@@ -189,7 +196,9 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
                 torch.ones(1, 3 + seq, dtype=torch.int64),
                 torch.arange(3, 3 + seq).unsqueeze(0),
                 *past_example,
+                torch.tensor(0, dtype=torch.int64),
             ),
+            defaults={M.NUM_LOGITS_TO_KEEP: 0},
         )
     )
     return specs

@@ -194,7 +194,10 @@ class Qwen2Decoder(nn.Module):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         past_key_values: KVCache,
+        logits_to_keep: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
+        """``logits_to_keep`` (0-d int64, optional): logits of the last k positions only, all
+        when k is 0 — a prefill needs just the last one, which saves the vocabulary projection."""
         x = inputs_embeds  # (B, S, H)
         cos, sin = rotary_cos_sin(
             position_ids, self.cfg.head_dim, self.cfg.rope_theta, x.dtype
@@ -204,6 +207,10 @@ class Qwen2Decoder(nn.Module):
         for layer, past in zip(self.layers, past_key_values, strict=True):
             x, present = layer(x, cos, sin, bias, past)
             presents.append(present)
+        if logits_to_keep is not None:
+            seq_len = torch.tensor(x.shape[1], dtype=torch.int64)
+            start = torch.where(logits_to_keep > 0, seq_len - logits_to_keep, 0)
+            x = x[:, start:]  # (B, k or S, H)
         x = self.norm(x)
         if self.cfg.tie_word_embeddings:
             logits = x @ self.embed_tokens.weight.t()  # (B, S, V)

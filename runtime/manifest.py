@@ -48,6 +48,8 @@ S_FILE = "file"
 S_PORTABLE_FILE = "portable_file"  # only video_mamba: the graph without the custom op
 S_INPUTS = "inputs"  # [{name, dtype, shape}] ; shape items are ints or symbolic names
 S_OUTPUTS = "outputs"
+S_OPTIONAL_INPUTS = "optional_inputs"  # [{name, dtype, shape, default}]: may be omitted
+S_DEFAULT = "default"
 S_NAME = "name"
 S_DTYPE = "dtype"
 S_SHAPE = "shape"
@@ -75,6 +77,8 @@ STAGES = (
     EMBED_TOKENS,
     DECODER,
 )
+
+NUM_LOGITS_TO_KEEP = "num_logits_to_keep"  # optional decoder input: logits of the last k only
 
 CUSTOM_OP_DOMAIN = "mvgpt"
 CUSTOM_OP_SCAN = "SelectiveScan"

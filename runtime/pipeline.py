@@ -148,11 +148,14 @@ class Pipeline:
         self.notes = list(package.notes)
         self._identity = object()
         self._logits: np.ndarray | None = None
+        optional = man[M.K_STAGES][M.DECODER].get(M.S_OPTIONAL_INPUTS, [])
+        self._keeps_last_logits = any(t[M.S_NAME] == M.NUM_LOGITS_TO_KEEP for t in optional)
         layers = int(self.decoder_cfg["num_hidden_layers"])
         self._past_names = [(M.past_key_name(i), M.past_value_name(i)) for i in range(layers)]
         self._present_names = [
             (M.present_key_name(i), M.present_value_name(i)) for i in range(layers)
         ]
+        self._present_flat = [name for pair in self._present_names for name in pair]
 
     @classmethod
     def load(
@@ -266,7 +269,12 @@ class Pipeline:
         return self._run(M.EMBED_TOKENS, "inputs_embeds", {"input_ids": ids})  # (1, S, H)
 
     def _step(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Run the decoder on (1, S, H) embeds after the cached past; returns the last logits."""
+        """Run the decoder on (1, S, H) embeds after the cached past; returns the last logits.
+
+        One token: IOBinding writes the new keys/values straight into the cache's spare buffer.
+        A prefill chunk: a plain run that asks for the last position's logits only (the
+        optional ``num_logits_to_keep`` input, when the package has it), copied into the cache.
+        """
         length = embeds.shape[1]
         start, total = cache.length, cache.length + length
         if total > cache.capacity:
@@ -274,17 +282,28 @@ class Pipeline:
                 f"KV cache: expected at most {cache.capacity} positions, got {total}; fix: "
                 "lower max_new_tokens"
             )
+        session = self.package.sessions[M.DECODER]
+        feeds = {
+            "inputs_embeds": np.ascontiguousarray(embeds, dtype=np.float32),
+            "attention_mask": np.ones((1, total), np.int64),
+            "position_ids": np.arange(start, total, dtype=np.int64)[None],
+        }
+        for layer, names in enumerate(self._past_names):
+            for kind, name in enumerate(names):
+                feeds[name] = cache.past(layer, kind)
+        if length > 1 and self._keeps_last_logits:
+            feeds[M.NUM_LOGITS_TO_KEEP] = np.array(1, np.int64)
+            outputs = session.run(["logits", *self._present_flat], feeds)
+            for i, present in enumerate(outputs[1:]):
+                cache.next(i // 2, i % 2, total)[...] = present
+            cache.advance(total)
+            return outputs[0][0, -1]
         vocab = int(self.decoder_cfg["vocab_size"])
         if self._logits is None:
             self._logits = np.empty(PREFILL_CHUNK * vocab, np.float32)
-        session = self.package.sessions[M.DECODER]
         binding = session.io_binding()
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        binding.bind_cpu_input("position_ids", np.arange(start, total, dtype=np.int64)[None])
-        for layer, names in enumerate(self._past_names):
-            for kind, name in enumerate(names):
-                binding.bind_cpu_input(name, cache.past(layer, kind))
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
         for layer, names in enumerate(self._present_names):
             for kind, name in enumerate(names):
                 present = ort.OrtValue.ortvalue_from_numpy(cache.next(layer, kind, total))

@@ -173,3 +173,27 @@ def test_hub_id_offline_is_one_clear_line(tmp_path):
     )
     line = _one_error_line(result)
     assert "could not be downloaded" in line
+
+
+def test_decoder_num_logits_to_keep_is_optional(package):
+    out, _ = package
+    manifest = json.loads((out / M.MANIFEST_FILE).read_text())
+    entry = manifest[M.K_STAGES][M.DECODER]
+    assert [t[M.S_NAME] for t in entry[M.S_OPTIONAL_INPUTS]] == [M.NUM_LOGITS_TO_KEEP]
+    dec = manifest[M.K_DECODER]
+    sess = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    empty = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_dim"]), np.float32)
+    feeds = {
+        "inputs_embeds": np.random.default_rng(1).standard_normal(
+            (1, 6, dec["hidden_size"]), np.float32
+        ),
+        "attention_mask": np.ones((1, 6), np.int64),
+        "position_ids": np.arange(6, dtype=np.int64)[None],
+    }
+    for i in range(dec["num_hidden_layers"]):
+        feeds[M.past_key_name(i)] = feeds[M.past_value_name(i)] = empty
+    full = sess.run(["logits"], feeds)[0]  # the convention: no extra input needed
+    last = sess.run(["logits"], {**feeds, M.NUM_LOGITS_TO_KEEP: np.array(1, np.int64)})[0]
+    diff = float(np.abs(full[:, -1:] - last).max())
+    print("last-position logits vs full pass, max |diff|:", diff)
+    assert full.shape[1] == 6 and last.shape[1] == 1 and diff < 1e-5
