@@ -107,12 +107,16 @@ class Attention(nn.Module):
         k = torch.cat((past[0], k), dim=2)  # (B, kvh, P+S, hd)
         v = torch.cat((past[1], v), dim=2)
 
-        # GQA: query head h uses kv head h // groups. Grouping the queries as (kvh, groups) and
-        # broadcasting over the groups is the same as repeating k/v, without copying the cache.
-        q = q.reshape(batch, self.num_kv_heads, groups, seq_len, self.head_dim)
-        scores = q @ k[:, :, None].transpose(-1, -2) * self.head_dim**-0.5  # (B, kvh, g, S, T)
+        # GQA: query head h uses kv head h // groups. The queries of one kv head are stacked
+        # into one (groups*S, hd) matrix, so each kv head is one plain matmul that reads its keys
+        # once: the same as repeating k/v, without copying the cache or broadcasting.
+        total = k.shape[2]
+        q = q.reshape(batch, self.num_kv_heads, groups * seq_len, self.head_dim)
+        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5  # (B, kvh, g*S, T)
+        scores = scores.reshape(batch, self.num_kv_heads, groups, seq_len, total)
         probs = F.softmax(scores.float() + bias, dim=-1).to(q.dtype)  # fp32 mask and softmax
-        out = probs @ v[:, :, None]  # (B, kvh, g, S, hd)
+        probs = probs.reshape(batch, self.num_kv_heads, groups * seq_len, total)
+        out = probs @ v  # (B, kvh, g*S, hd)
         out = out.reshape(batch, self.num_heads, seq_len, self.head_dim).transpose(1, 2)
         out = out.reshape(batch, seq_len, self.num_heads * self.head_dim)  # (B, S, nh*hd)
         return self.o_proj(out), (k, v)
