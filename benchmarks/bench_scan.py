@@ -11,47 +11,13 @@ updates per second = B*D*N*L / time, host, versions, threads, commit), then a ta
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def time_it(fn: Callable[[], object], warmup: int, repeat: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import emit, environment, print_table, time_it  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     updates = args.batch * args.dim * args.state * args.length
     common = {
-        "host": platform.node(),
-        "cpu": cpu_name(),
-        "python": platform.python_version(),
-        **versions,
-        "threads": args.threads,
-        "commit": commit(),
+        **environment(args.threads, versions),
         "shape": {"batch": args.batch, "dim": args.dim, "state": args.state, "length": args.length},
     }
     results = {}
@@ -125,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = median
         row = {"impl": name, "median_ms": median * 1e3, "min_ms": best * 1e3}
         row |= {"updates_per_s": updates / median, "repeat": args.repeat, **common}
-        print(json.dumps(row), flush=True)
+        emit(row)
 
     base = results.get("ort_native_op", min(results.values()))
-    print(f"\n{'implementation':<20} {'median ms':>10} {'G updates/s':>12} {'x native':>9}")
-    for name, median in results.items():
-        ratio = median / base
-        print(f"{name:<20} {median * 1e3:>10.2f} {updates / median / 1e9:>12.2f} {ratio:>9.1f}")
+    columns = [("implementation", 20), ("median ms", 10), ("G updates/s", 12), ("x native", 9)]
+    rows = [
+        [name, f"{median * 1e3:.2f}", f"{updates / median / 1e9:.2f}", f"{median / base:.1f}"]
+        for name, median in results.items()
+    ]
+    print_table(columns, rows)
     return 0
 
 

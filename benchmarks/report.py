@@ -1,0 +1,213 @@
+"""Regenerate the "## Results" section of README.md from benchmark JSON-lines files.
+
+Reads every line that parses as a JSON object from the given files (the scripts' stdout, saved
+with ``> results.jsonl``; their tables and other lines are skipped), groups the measurements by
+script (bench_stages, bench_decoder, bench_e2e, bench_scan), writes one markdown table each, and
+replaces what lies between ``<!-- results:start -->`` and ``<!-- results:end -->`` in the README
+(the markers are appended at its end when absent). Later lines win over earlier ones for the same
+measurement, so files can be given oldest first.
+
+    python benchmarks/report.py stages.jsonl decoder.jsonl e2e.jsonl [--readme README.md] [--print]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def read_rows(paths: list[str]) -> list[dict]:
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.startswith("{"):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    return rows
+
+
+def _latest(rows: list[dict], key: str) -> list[dict]:
+    """The last row per value of `key`, in first-seen order."""
+    seen: dict[str, dict] = {}
+    for row in rows:
+        seen[row[key]] = row
+    return list(seen.values())
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def _f(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _env(row: dict) -> str:
+    versions = [
+        f"{k} {row[k]}"
+        for k in ("onnxruntime", "torch", "numpy", "transformers", "onnxruntime_genai")
+        if k in row
+    ]
+    return (
+        f"{row.get('cpu', '?')}, {row.get('threads', '?')} threads, "
+        f"{row.get('provider', 'CPU')}, {', '.join(versions)}, commit {row.get('commit', '?')}"
+    )
+
+
+def stages_section(rows: list[dict]) -> list[str]:
+    machine = [r for r in rows if r.get("stage") == "machine"]
+    stages = _latest([r for r in rows if r.get("stage") != "machine"], "stage")
+    out = ["### Stages (bench_stages.py)", ""]
+    if machine:
+        m = machine[-1]
+        out += [
+            f"{_env(m)}; model `{m.get('model')}` ({m.get('precision')}); prompt "
+            f"{m.get('prompt_length')} positions. Measured peaks: ORT fp32 MatMul "
+            f"{m['fp32_matmul_flops'] / 1e9:.0f} GFLOP/s, int8 MatMulInteger "
+            f"{m['int8_matmul_flops'] / 1e9:.0f} GOP/s, numpy copy "
+            f"{m['copy_bandwidth_bytes'] / 1e9:.1f} GB/s.",
+            "",
+        ]
+    body = [
+        [
+            r["stage"],
+            f"{r['median_s']:.4g}",
+            f"{r['min_s']:.4g}",
+            f"{r['flops'] / 1e9:.1f}",
+            f"{r['bytes'] / 1e6:.0f}",
+            f"{r['floor_s']:.4g}",
+            r["bound"],
+            f"{r['x_above_floor']:.1f}",
+        ]
+        for r in stages
+    ]
+    header = ["stage", "median s", "min s", "GFLOP", "MB", "floor s", "bound", "x above floor"]
+    return out + _table(header, body)
+
+
+def decoder_section(rows: list[dict]) -> list[str]:
+    rows = _latest(rows, "engine")
+    base = next((r for r in rows if r["engine"] == "transformers fp32"), None)
+    genai = next((r for r in rows if r["engine"].startswith("onnxruntime-genai")), None)
+    out = ["### Decoder alone (bench_decoder.py)", ""]
+    out += [f"{_env(rows[-1])}; prompt {rows[-1].get('prompt_length')} tokens.", ""]
+    body = []
+    for r in rows:
+        p, d = r["prefill_median_s"], r["decode_tokens_per_s"]
+        body.append(
+            [
+                r["engine"],
+                f"{p:.2f}",
+                f"{d:.1f}",
+                _f(base and base["prefill_median_s"] / p, ".2f"),
+                _f(base and d / base["decode_tokens_per_s"], ".2f"),
+                _f(genai and genai["prefill_median_s"] / p, ".2f"),
+                _f(genai and d / genai["decode_tokens_per_s"], ".2f"),
+            ]
+        )
+    header = ["engine", "prefill s", "decode tok/s", "prefill x tf32", "decode x tf32"]
+    header += ["prefill x genai", "decode x genai"]
+    return out + _table(header, body) + ["", "x = speed relative to that engine (>1 faster)."]
+
+
+def e2e_section(rows: list[dict]) -> list[str]:
+    rows = _latest(rows, "config")
+    base = next((r for r in rows if r["config"] == "reference fp32"), rows[0])
+    out = ["### Video -> answer (bench_e2e.py)", ""]
+    out += [f"{_env(rows[-1])}; up to {rows[-1].get('max_new_tokens')} new tokens.", ""]
+    body = []
+    for r in rows:
+        st, tps = r["stages_median_s"], r["decode_tokens_per_s"]
+        base_tps = base["decode_tokens_per_s"]
+        body.append(
+            [
+                r["config"],
+                f"{r['ttft_median_s']:.2f}",
+                f"{base['ttft_median_s'] / r['ttft_median_s']:.2f}",
+                _f(tps, ".2f"),
+                _f(tps / base_tps if tps and base_tps else None, ".2f"),
+                f"{st['vision']:.2f}",
+                f"{st['prefill']:.2f}",
+                f"{r['peak_rss_mib']:.0f}",
+            ]
+        )
+    header = ["configuration", "ttft s", "ttft x ref", "decode tok/s", "decode x ref"]
+    header += ["vision s", "prefill s", "peak RSS MiB"]
+    return out + _table(header, body)
+
+
+def scan_section(rows: list[dict]) -> list[str]:
+    rows = _latest(rows, "impl")
+    base = next((r for r in rows if r["impl"] == "ort_native_op"), rows[0])
+    out = [
+        "### Selective scan (bench_scan.py)",
+        "",
+        f"{_env(rows[-1])}; shape {rows[-1]['shape']}.",
+    ]
+    body = [
+        [r["impl"], f"{r['median_ms']:.2f}", f"{r['median_ms'] / base['median_ms']:.1f}"]
+        for r in rows
+    ]
+    return out + [""] + _table(["implementation", "median ms", "x native (time)"], body)
+
+
+def render(rows: list[dict]) -> str:
+    groups = {
+        "stages": [r for r in rows if r.get("bench") == "stages"],
+        "decoder": [r for r in rows if r.get("bench") == "decoder"],
+        "e2e": [r for r in rows if r.get("bench") == "e2e"],
+        "scan": [r for r in rows if "impl" in r and "updates_per_s" in r],
+    }
+    builders = {
+        "stages": stages_section,
+        "decoder": decoder_section,
+        "e2e": e2e_section,
+        "scan": scan_section,
+    }
+    lines = ["## Results", "", "Generated by `benchmarks/report.py`; medians, CPU only.", ""]
+    for name, group in groups.items():
+        if group:
+            lines += builders[name](group) + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    block = f"{START}\n{section}{END}"
+    if START in text and END in text and text.index(START) < text.index(END):
+        head, rest = text.split(START, 1)
+        return head + block + rest.split(END, 1)[1]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="JSON-lines result files")
+    parser.add_argument("--readme", default=str(README))
+    parser.add_argument("--print", action="store_true", help="print the section, write nothing")
+    args = parser.parse_args(argv)
+    rows = read_rows(args.files)
+    if not rows:
+        print("no JSON lines found in the given files", file=sys.stderr)
+        return 1
+    section = render(rows)
+    if args.print:
+        sys.stdout.write(section)
+        return 0
+    readme = Path(args.readme)
+    readme.write_text(replace_section(readme.read_text(encoding="utf-8"), section), "utf-8")
+    print(f"wrote the results section of {readme} ({len(rows)} measurements)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
