@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         head_dim = int(man[M.K_DECODER]["head_dim"])
         names = [f"past_key_values.{i}.{k}" for i in range(layers) for k in ("key", "value")]
         step = chunk or prompt_length
+        optional = stages[M.DECODER].get(M.S_OPTIONAL_INPUTS, [])
+        keep = {t[M.S_NAME]: np.array(1, np.int64) for t in optional}  # last logits only
 
         def prefill() -> list[np.ndarray]:
             past = [np.zeros((1, kv_heads, 0, head_dim), np.float32) for _ in names]
@@ -204,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     "attention_mask": np.ones((1, total), np.int64),
                     "position_ids": np.arange(start, total, dtype=np.int64)[None],
                     **dict(zip(names, past, strict=True)),
+                    **keep,
                 }
                 past = s.run(None, feeds)[1:]
             return past

@@ -136,6 +136,8 @@ class OnnxEngine:
             f"past_key_values.{i}.{k}" for i in range(self.layers) for k in ("key", "value")
         ]
         self.present = [n.replace("past_key_values", "present") for n in self.past]
+        optional = stages["decoder"].get("optional_inputs", [])
+        self.keep_last = any(t["name"] == "num_logits_to_keep" for t in optional)
 
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64).reshape(1, -1)
@@ -143,8 +145,19 @@ class OnnxEngine:
 
     def _run(self, embeds: np.ndarray, start: int, past: list) -> tuple[np.ndarray, list]:
         """One decoder run on (1, S, H) after `start` cached positions; past are OrtValues."""
-        binding = self.decoder.io_binding()
         total = start + embeds.shape[1]
+        if embeds.shape[1] > 1 and self.keep_last:  # a prefill chunk: the last logits only
+            value = self.ort.OrtValue.ortvalue_from_numpy
+            feeds = {
+                "inputs_embeds": value(np.ascontiguousarray(embeds)),
+                "attention_mask": value(np.ones((1, total), np.int64)),
+                "position_ids": value(np.arange(start, total, dtype=np.int64)[None]),
+                "num_logits_to_keep": value(np.array(1, np.int64)),
+                **dict(zip(self.past, past, strict=True)),
+            }
+            outputs = self.decoder.run_with_ort_values(["logits", *self.present], feeds)
+            return outputs[0].numpy()[0, -1], list(outputs[1:])
+        binding = self.decoder.io_binding()
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds))
         binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
         binding.bind_cpu_input("position_ids", np.arange(start, total, dtype=np.int64)[None])

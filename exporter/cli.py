@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mvgpt.runtime.errors import CheckpointError, MvgptError
+from mvgpt.runtime.errors import CheckpointError, error_line
 
 CLIP_HUB_ID = "openai/clip-vit-base-patch16"
 
@@ -90,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except MvgptError as e:
-        if args.debug:
-            raise
-        sys.stderr.write(f"mvgpt-export: error: {e}\n")
-        return 1
     except KeyboardInterrupt:
         sys.stderr.write("mvgpt-export: interrupted; nothing was published\n")
         return 130
+    except Exception as e:  # MvgptError as it is; anything else (disk full...) still one line
+        if args.debug:
+            raise
+        sys.stderr.write(error_line("mvgpt-export", e))
+        return 1
     return 0
 
 

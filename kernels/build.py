@@ -116,7 +116,14 @@ def fetch_debian_headers(dest: Path = HEADER_CACHE) -> Path:
         if not debs:
             raise KernelError(f"apt-get download left no {DEBIAN_PACKAGE} .deb in {tmp}")
         unpacked = tmp_path / "x"
-        subprocess.run(["dpkg", "-x", str(debs[-1]), str(unpacked)], check=True)
+        run = subprocess.run(
+            ["dpkg", "-x", str(debs[-1]), str(unpacked)], capture_output=True, text=True
+        )
+        if run.returncode != 0:
+            raise KernelError(
+                f"dpkg -x {debs[-1].name} failed (exit {run.returncode}): "
+                f"{run.stderr.strip()[-400:]}; fix: set ORT_INCLUDE_DIR to onnxruntime headers"
+            )
         found = unpacked / "usr" / "include" / "onnxruntime"
         if not _has_headers(found):
             raise KernelError(f"{debs[-1].name} holds no {HEADER} under usr/include/onnxruntime")

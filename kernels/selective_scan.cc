@@ -179,9 +179,9 @@ class Pool {
 #endif
 };
 
-Pool& pool() {
-  static Pool p;
-  return p;
+Pool& pool() {  // never destroyed: joining at exit is unsafe in a forked child, needless otherwise
+  static Pool* p = new Pool;
+  return *p;
 }
 
 float* thread_scratch(int64_t floats) {
@@ -211,15 +211,24 @@ void run_scan(const ScanArgs& a, const Isa& isa, int threads) {
   const int64_t items = a.batch * blocks;
   const int64_t scratch = isa.scratch(N);
   std::atomic<int64_t> next{0};
-  auto work = [&](int) {
-    float* s = thread_scratch(scratch);
-    for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
-      const int64_t b = i / blocks, c0 = (i % blocks) * isa.lanes;
-      isa.block(a, b, c0, bt + b * L * N, ct + b * L * N, s);
+  std::mutex error_mu;
+  std::exception_ptr error;
+  auto work = [&](int) {  // never throws: the pool must always see every share finish
+    try {
+      float* s = thread_scratch(scratch);
+      for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
+        const int64_t b = i / blocks, c0 = (i % blocks) * isa.lanes;
+        isa.block(a, b, c0, bt + b * L * N, ct + b * L * N, s);
+      }
+    } catch (...) {
+      next = items;  // the other shares stop early
+      std::lock_guard<std::mutex> lock(error_mu);
+      if (!error) error = std::current_exception();
     }
   };
   const int n = static_cast<int>(std::min<int64_t>(threads, std::max<int64_t>(items, 1)));
   pool().run(n, work);
+  if (error) std::rethrow_exception(error);  // reported to onnxruntime as a failed status
 }
 
 // ---------------------------------------------------------------- the onnxruntime op
@@ -345,10 +354,15 @@ struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel,
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-std::mutex g_domains_mu;
-std::vector<Ort::CustomOpDomain>& domains() {  // domains must outlive the sessions using them
-  static std::vector<Ort::CustomOpDomain> d;
-  return d;
+// One domain for every session: it must outlive them, so it is made once and never freed.
+Ort::CustomOpDomain& domain() {
+  static SelectiveScanOp op;
+  static Ort::CustomOpDomain* d = [] {
+    auto* made = new Ort::CustomOpDomain("mvgpt");
+    made->Add(&op);
+    return made;
+  }();
+  return *d;
 }
 
 }  // namespace
@@ -364,12 +378,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   }
   Ort::InitApi(api);
   try {
-    static mvgpt::SelectiveScanOp op;
-    Ort::CustomOpDomain domain("mvgpt");
-    domain.Add(&op);
-    Ort::UnownedSessionOptions(options).Add(domain);
-    std::lock_guard<std::mutex> lock(mvgpt::g_domains_mu);
-    mvgpt::domains().push_back(std::move(domain));
+    Ort::UnownedSessionOptions(options).Add(mvgpt::domain());
   } catch (const Ort::Exception& e) {
     return api->CreateStatus(e.GetOrtErrorCode(), e.what());
   } catch (const std::exception& e) {

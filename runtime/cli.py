@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import MvgptError, VideoError
+from .errors import MvgptError, VideoError, error_line
 
 PROG = "mvgpt-run"
 
@@ -213,10 +213,6 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         _write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.debug:  # FFmpeg and OpenCV write their own lines on a bad file: one line is ours
@@ -231,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     except MvgptError as e:
         if args.debug:
             raise
-        sys.stderr.write(f"{PROG}: error: {_one_line(e)}\n")
+        sys.stderr.write(error_line(PROG, e))
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted\n")
@@ -242,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything else is a bug: still one line unless --debug
         if args.debug:
             raise
-        sys.stderr.write(
-            f"{PROG}: error: unexpected {type(e).__name__}: {_one_line(e)[:400]}; fix: rerun "
-            "with --debug and report the traceback\n"
-        )
+        sys.stderr.write(error_line(PROG, e))
         return 1
     finally:
         logger.removeHandler(notes)

@@ -27,3 +27,15 @@ class ExportError(MvgptError):
 
 class KernelError(MvgptError):
     """The SelectiveScan custom-op library is missing or cannot be built/loaded."""
+
+
+def error_line(prog: str, error: BaseException) -> str:
+    """The one stderr line a CLI prints for ``error`` (newlines folded): an MvgptError as it is,
+    anything else as an unexpected failure to report."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, MvgptError):
+        return f"{prog}: error: {text}\n"
+    return (
+        f"{prog}: error: unexpected {type(error).__name__}: {text[:400]}; fix: rerun with "
+        "--debug and report the traceback\n"
+    )
