@@ -86,12 +86,31 @@ def publish(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+SPECIAL_TOKENS = {"endoftext": "<|endoftext|>", "im_start": "<|im_start|>", "im_end": "<|im_end|>"}
+
+
+def special_token_ids(tokenizer_file: Path) -> dict[str, int]:
+    """The ChatML special tokens' ids, read from the checkpoint's own tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    ids = {key: tokenizer.token_to_id(text) for key, text in SPECIAL_TOKENS.items()}
+    missing = [SPECIAL_TOKENS[k] for k, v in ids.items() if v is None]
+    if missing:
+        raise ExportError(
+            f"{tokenizer_file}: no id for {missing} (expected a Qwen2 ChatML tokenizer); fix: "
+            "use the checkpoint's own tokenizer.json"
+        )
+    return ids
+
+
 def build_manifest(
     model: MobileVideoGPT,
     specs,
     files: dict,
     source: dict,
     generation: dict,
+    tokens: dict[str, int],
     precision: str = "fp32",
 ):
     cfg = model.cfg
@@ -148,7 +167,7 @@ def build_manifest(
             "num_image_sentinels": cfg.selection.num_selected,
             "image_token_index": IMAGE_TOKEN_INDEX,
         },
-        M.K_TOKENS: {"endoftext": 151643, "im_start": 151644, "im_end": 151645},
+        M.K_TOKENS: tokens,
         M.K_GENERATION: {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **generation},
         M.K_DECODER: {
             "num_hidden_layers": qwen.num_hidden_layers,
@@ -232,7 +251,10 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
         "random_weights": bool(config.get("mvgpt_random_weights", False)),
         **(source_note or {}),
     }
-    manifest = build_manifest(model, specs, files, source, ckpt.generation_config, precision)
+    tokens = special_token_ids(checkpoint_dir / M.TOKENIZER_FILE)
+    manifest = build_manifest(
+        model, specs, files, source, ckpt.generation_config, tokens, precision
+    )
     del model, specs, ckpt  # the torch weights are not needed to quantize: free them first
     gc.collect()
     if precision != "fp32":

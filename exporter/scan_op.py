@@ -14,9 +14,10 @@ from torch import nn
 
 from mvgpt.models.scan import selective_scan_ref
 from mvgpt.runtime.errors import ExportError
+from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
 
-DOMAIN = "mvgpt"
-OP_TYPE = "SelectiveScan"
+DOMAIN = CUSTOM_OP_DOMAIN  # the op identity is defined once, in runtime/manifest.py
+OP_TYPE = CUSTOM_OP_SCAN
 TORCH_OP = "mvgpt::selective_scan"
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mvgpt.runtime.errors import KernelError
+from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
 
-DOMAIN = "mvgpt"
-OP_TYPE = "SelectiveScan"
+DOMAIN = CUSTOM_OP_DOMAIN  # the op identity is defined once, in runtime/manifest.py
+OP_TYPE = CUSTOM_OP_SCAN
 LIB_NAME = "libmvgpt_ops.so"
 LIB_ENV = "MVGPT_OPS_LIBRARY"  # optional override: an already-built library elsewhere
 

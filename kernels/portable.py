@@ -20,9 +20,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mvgpt.runtime.errors import KernelError
+from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
 
-DOMAIN = "mvgpt"
-OP_TYPE = "SelectiveScan"
+DOMAIN = CUSTOM_OP_DOMAIN  # the op identity is defined once, in runtime/manifest.py
+OP_TYPE = CUSTOM_OP_SCAN
 OPSET = 17
 IR_VERSION = 10  # onnx 1.23 writes IR 14 by default; onnxruntime accepts up to its own maximum
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")

@@ -73,6 +73,23 @@ def _stage_io(stage: str, decoder: dict | None) -> tuple[list[str], list[str]]:
     }[stage]
 
 
+REQUIRED_INTS = {
+    M.K_DECODER: (
+        "num_hidden_layers",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_size",
+        "vocab_size",
+    ),
+    M.K_SAMPLING: ("num_frames", "chunk_size", "num_select_k_frames_in_chunk"),
+    M.K_VISUAL: ("num_visual_tokens",),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def read_manifest(folder: str | Path) -> dict:
     """The checked manifest of a package folder (no sessions are created)."""
     folder = Path(folder).expanduser()
@@ -111,6 +128,12 @@ def read_manifest(folder: str | Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if not isinstance(data.get(k), dict)]
     stages = data.get(M.K_STAGES) if isinstance(data.get(M.K_STAGES), dict) else {}
     missing += [f"stages.{s}" for s in M.STAGES if not isinstance(stages.get(s), dict)]
+    for section, keys in REQUIRED_INTS.items():  # the numbers the pipeline reads
+        values = data.get(section) if isinstance(data.get(section), dict) else {}
+        missing += [f"{section}.{k}" for k in keys if not _is_int(values.get(k))]
+    sampling = data.get(M.K_SAMPLING) or {}
+    if not missing and sampling["num_frames"] % sampling["chunk_size"]:
+        missing.append("sampling.num_frames as a multiple of sampling.chunk_size")
     if missing:
         raise PackageError(
             f"{path}: expected the keys {', '.join(missing)}, got a manifest without them; "

@@ -33,6 +33,7 @@ from .package import Package, load_package
 from .preprocess import preprocess_clip, preprocess_video_mamba
 from .prompt import decode_answer, prompt_ids, split_visual
 from .sampling import GenerationConfig, Sampler
+from .textstream import TextStream
 from .video import pad_positions, read_frames, sample_positions
 
 log = logging.getLogger(__name__)
@@ -106,33 +107,6 @@ class KVCache:
         for i, (k, v) in enumerate(zip(keys, values, strict=True)):
             self.past(i, 0)[...] = k
             self.past(i, 1)[...] = v
-
-
-class _TextStream:
-    """Incremental detokenization: emits only text whose bytes are complete (no U+FFFD)."""
-
-    def __init__(self, tokenizer, callback: Callable[[str], None]) -> None:
-        self.tokenizer, self.callback = tokenizer, callback
-        self.tokens: list[int] = []
-        self.prefix = self.read = 0
-        self.started = False
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    def push(self, token: int) -> None:
-        self.tokens.append(token)
-        before = self._decode(self.tokens[self.prefix : self.read])
-        text = self._decode(self.tokens[self.prefix :])
-        if len(text) <= len(before) or text.endswith("\ufffd"):
-            return  # an incomplete multi-byte character: wait for its next byte
-        new = text[len(before) :]
-        self.prefix, self.read = self.read, len(self.tokens)
-        if not self.started:  # the final answer is stripped; so is the stream's start
-            new = new.lstrip()
-            self.started = bool(new)
-        if new:
-            self.callback(new)
 
 
 class Pipeline:
@@ -389,7 +363,7 @@ class Pipeline:
         seconds["prefill"] = t1 - t0
 
         sampler = Sampler(gen)
-        stream = _TextStream(self.tokenizer, on_text) if on_text is not None else None
+        stream = TextStream(self.tokenizer, on_text) if on_text is not None else None
         generated: list[int] = []
         ttft = None
         steps, step_seconds = 0, 0.0
@@ -407,6 +381,8 @@ class Pipeline:
             t_step = time.perf_counter()
             logits = self._step(self._embed([token]), cache)
             steps, step_seconds = steps + 1, step_seconds + time.perf_counter() - t_step
+        if stream is not None:
+            stream.finish()
         seconds["decode"] = time.perf_counter() - t1
         return Answer(
             text=decode_answer(self.tokenizer, generated),

@@ -1,6 +1,7 @@
 """End-to-end parity at the real 0.5B shapes: the same random checkpoint through the PyTorch
 reference and through the exported package + numpy runtime gives the same greedy tokens and the
-same frames. Slow (a real-size export, ~5-8 minutes on 2 cores): deselect with -m "not slow"."""
+same selected frames (decoding, preprocessing, prompt and sampler are shared code, tested in
+tests/unit). Slow (a real-size export, ~5-8 minutes on 2 cores): deselect with -m "not slow"."""
 
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ def test_real_size_runtime_matches_reference(checkpoint_05b, package_05b, tmp_pa
     )
     print("reference:", ref.token_ids, ref.selected_frames, ref.seconds)
     print("runtime:  ", got.token_ids, got.selected_frames, got.seconds)
-    assert got.frame_indices == ref.frame_indices
     assert got.selected_frames == ref.selected_frames
     assert len(ref.token_ids) > 0
     assert got.token_ids == ref.token_ids

@@ -1,6 +1,10 @@
 """The runtime Pipeline against the PyTorch reference on the same random tiny checkpoint: the
-same sampled frames, the same selected frames and the same generated token ids, with the
-SelectiveScan custom op and with the portable video_mamba graph."""
+same selected frames and the same generated token ids, with the SelectiveScan custom op and with
+the portable video_mamba graph.
+
+Shared by both sides on purpose (each tested on its own in tests/unit against PIL, transformers'
+processors and hand-computed sampling): video decoding, preprocessing, prompt ids and the
+sampler. What this compares is every model stage: the graphs and the numpy glue against torch."""
 
 from __future__ import annotations
 
@@ -52,7 +56,6 @@ def _compare(reference, pipeline, video, case):
     print(f"{case} {video.name}: reference {ref.token_ids}")
     print(f"{case} {video.name}: runtime   {got.token_ids}")
     print(f"frames {got.frame_indices} selected {got.selected_frames}")
-    assert got.frame_indices == ref.frame_indices
     assert got.selected_frames == ref.selected_frames
     assert got.token_ids == ref.token_ids
     assert got.text == ref.answer
@@ -107,15 +110,30 @@ def test_frames_array_input_matches_file_input(pipeline, clip_mp4):
 
 
 def test_streamed_text_handles_split_characters(pipeline):
-    from mvgpt.runtime.pipeline import _TextStream
+    from mvgpt.runtime.textstream import TextStream
 
     text = "naïve café 日本語 ✓ done"
     ids = pipeline.tokenizer.encode(text, add_special_tokens=False).ids
     pieces: list[str] = []
-    stream = _TextStream(pipeline.tokenizer, pieces.append)
+    stream = TextStream(pipeline.tokenizer, pieces.append)
     for token in ids:
         stream.push(token)
     print(len(ids), pieces)
     assert len(ids) > len(pieces)  # some characters span several tokens
     assert not any("\ufffd" in piece for piece in pieces)
     assert "".join(pieces) == text
+
+
+def test_stream_finish_emits_a_cut_off_character(pipeline):
+    from mvgpt.runtime.textstream import TextStream
+
+    ids = pipeline.tokenizer.encode("ok 日本", add_special_tokens=False).ids
+    pieces: list[str] = []
+    stream = TextStream(pipeline.tokenizer, pieces.append)
+    for token in ids[:-1]:  # the token limit cuts the last character in half
+        stream.push(token)
+    held = "".join(pieces)
+    stream.finish()
+    print(repr(held), pieces)
+    assert "".join(pieces) == pipeline.tokenizer.decode(ids[:-1])
+    assert len("".join(pieces)) > len(held)

@@ -57,6 +57,12 @@ def test_manifest_errors(tiny_package, tmp_path):
             "stages.frame_scorer"
         ),
         _copy(tiny_package, tmp_path / "nofile", skip=("decoder.onnx",)): "decoder.onnx",
+        _copy(tiny_package, tmp_path / "nohd", lambda m: m["decoder"].pop("head_dim")): (
+            "decoder.head_dim"
+        ),
+        _copy(tiny_package, tmp_path / "badchunk", lambda m: m["sampling"].update(chunk_size=5)): (
+            "multiple of sampling.chunk_size"
+        ),
     }
     for folder, expected in cases.items():
         with pytest.raises(PackageError) as info:
