@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import MvgptError, VideoError, error_line
+from .errors import MvgptError, error_line
 
 PROG = "mvgpt-run"
 
@@ -91,25 +91,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _check_video_path(video: str) -> None:
-    """Fail fast (before loading or making a model) on a path that cannot be a video."""
-    path = Path(video).expanduser()
-    if not path.exists():
-        raise VideoError(
-            f"video not found: expected an existing file, got {video!r}; fix: check the path"
-        )
-    if path.is_dir():
-        raise VideoError(
-            f"video path is a folder: expected a video file, got {video!r}; "
-            "fix: name a file inside it"
-        )
-    if path.stat().st_size == 0:
-        raise VideoError(
-            f"video file is empty: expected a video, got 0 bytes in {video!r}; "
-            "fix: re-copy or re-record the file"
-        )
-
-
 def _peak_rss_mb() -> float | None:
     try:
         import resource
@@ -165,7 +146,9 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         repetition_penalty=args.repetition_penalty,
     )
     GenerationConfig.from_dict({}, **options)  # option values checked before any heavy work
-    _check_video_path(video)
+    from .video import check_file  # here: the OpenCV log levels are set first (main)
+
+    check_file(video)  # fail fast, before loading or making a model
     if args.model is None:
         package = default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
         notes.note(

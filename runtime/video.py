@@ -91,7 +91,7 @@ def read_frames(
     source frame index of each (repeated for videos shorter than `num_frames`, see the module
     docstring). `seek_min_gap=None` never seeks. Raises VideoError with a one-line reason.
     """
-    path = _check_file(path)
+    path = check_file(path)
     capture = _open(path)
     try:
         fps = capture.get(cv2.CAP_PROP_FPS)
@@ -128,7 +128,8 @@ def read_frames(
     return _to_rgb_stack(path, [frames[p] for p in positions]), positions
 
 
-def _check_file(path: str | Path) -> Path:
+def check_file(path: str | Path) -> Path:
+    """Fail fast on a path that cannot be a video: missing, a folder or empty."""
     path = Path(path).expanduser()
     if not path.exists():
         raise VideoError(
