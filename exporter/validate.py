@@ -33,6 +33,7 @@ class StageCheck:
 
 def session(path: Path, custom_ops: bool, threads: int = 0) -> ort.InferenceSession:
     opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: ORT's notes on optional inputs are not news here
     if threads:
         opts.intra_op_num_threads = threads
     if custom_ops:
