@@ -38,7 +38,7 @@ from .video import pad_positions, read_frames, sample_positions
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 256  # positions per prefill run: bounds the (1, chunk, vocab) logits buffer
+PREFILL_CHUNK = 256  # positions per prefill run (older packages: rows of the logits buffer)
 ENCODE_STAGES = ("decode_video", "clip_vision", "frame_scorer", "video_mamba", "projectors")
 
 
@@ -273,8 +273,9 @@ class Pipeline:
             cache.advance(total)
             return outputs[0][0, -1]
         vocab = int(self.decoder_cfg["vocab_size"])
-        if self._logits is None:
-            self._logits = np.empty(PREFILL_CHUNK * vocab, np.float32)
+        if self._logits is None:  # one row when prefill chunks take the run() path above
+            rows = 1 if self._keeps_last_logits else PREFILL_CHUNK
+            self._logits = np.empty(rows * vocab, np.float32)
         binding = session.io_binding()
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
