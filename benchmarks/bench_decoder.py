@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         peers.write_hf_folder(root / "checkpoint", root / "clip", hf_dir)
 
     onnx_engine = peers.OnnxEngine(folder, man, args.threads, PREFILL_CHUNK)
+    onnx_engine.capacity = args.prompt_length + args.decode_tokens + 8
     probe = np.arange(8, dtype=np.int64)
     from safetensors import safe_open
 

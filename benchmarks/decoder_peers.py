@@ -5,8 +5,8 @@ Each engine answers ``prefill(ids) -> (seconds, state)`` (prompt forward + first
 
 - ``TransformersEngine``: transformers Qwen2ForCausalLM, eager PyTorch, fp32 or bf16; the
   prefill asks for the last position's logits only (``logits_to_keep=1``), as ``generate`` does.
-- ``OnnxEngine``: a package's embed_tokens.onnx + decoder.onnx, prefill in the runtime's chunks,
-  each step's presents fed back as the next past through IOBinding (no numpy copies).
+- ``OnnxEngine``: a package's embed_tokens.onnx + decoder.onnx run by the runtime's ``Decoder``
+  (prefill in chunks, one preallocated KV cache written in place).
 - ``GenaiEngine``: onnxruntime-genai on a model its builder made (int4, CPU).
 
 ``write_hf_folder`` writes the package's Qwen2 weights as a Hugging Face Qwen2ForCausalLM folder
@@ -114,10 +114,14 @@ class TransformersEngine:
 
 
 class OnnxEngine:
+    """The runtime's own decoder path (``mvgpt.runtime.pipeline.Decoder``): one preallocated KV
+    cache per prompt, bound as past and present, last-position logits only."""
+
     def __init__(self, folder: Path, manifest: dict, threads: int, chunk: int) -> None:
         import onnxruntime as ort
 
-        self.ort = ort
+        from mvgpt.runtime.pipeline import PREFILL_CHUNK, Decoder
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -126,65 +130,30 @@ class OnnxEngine:
         self.embed = ort.InferenceSession(
             str(folder / stages["embed_tokens"]["file"]), options, ["CPUExecutionProvider"]
         )
-        self.decoder = ort.InferenceSession(
+        session = ort.InferenceSession(
             str(folder / stages["decoder"]["file"]), options, ["CPUExecutionProvider"]
         )
-        dec = manifest["decoder"]
-        self.layers, self.kv_heads = int(dec["num_hidden_layers"]), int(dec["num_key_value_heads"])
-        self.head_dim, self.chunk = int(dec["head_dim"]), chunk
-        self.past = [
-            f"past_key_values.{i}.{k}" for i in range(self.layers) for k in ("key", "value")
-        ]
-        self.present = [n.replace("past_key_values", "present") for n in self.past]
-        optional = stages["decoder"].get("optional_inputs", [])
-        self.keep_last = any(t["name"] == "num_logits_to_keep" for t in optional)
+        self.decoder = Decoder(session, manifest["decoder"])
+        self.chunk = chunk or PREFILL_CHUNK
+        self.capacity = 0  # set by the caller: prompt + decoded tokens
 
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64).reshape(1, -1)
         return self.embed.run(["inputs_embeds"], {"input_ids": ids})[0]
 
-    def _run(self, embeds: np.ndarray, start: int, past: list) -> tuple[np.ndarray, list]:
-        """One decoder run on (1, S, H) after `start` cached positions; past are OrtValues."""
-        total = start + embeds.shape[1]
-        if embeds.shape[1] > 1 and self.keep_last:  # a prefill chunk: the last logits only
-            value = self.ort.OrtValue.ortvalue_from_numpy
-            feeds = {
-                "inputs_embeds": value(np.ascontiguousarray(embeds)),
-                "attention_mask": value(np.ones((1, total), np.int64)),
-                "position_ids": value(np.arange(start, total, dtype=np.int64)[None]),
-                "num_logits_to_keep": value(np.array(1, np.int64)),
-                **dict(zip(self.past, past, strict=True)),
-            }
-            outputs = self.decoder.run_with_ort_values(["logits", *self.present], feeds)
-            return outputs[0].numpy()[0, -1], list(outputs[1:])
-        binding = self.decoder.io_binding()
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds))
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        binding.bind_cpu_input("position_ids", np.arange(start, total, dtype=np.int64)[None])
-        for name, value in zip(self.past, past, strict=True):
-            binding.bind_ortvalue_input(name, value)
-        for name in ["logits", *self.present]:
-            binding.bind_output(name, "cpu")
-        self.decoder.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return outputs[0].numpy()[0, -1], list(outputs[1:])
-
     def prefill(self, ids: np.ndarray) -> tuple[float, dict]:
         start_time = time.perf_counter()
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32)
-        past = [self.ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past]
+        cache = self.decoder.new_cache(max(self.capacity, len(ids) + 1))
         embeds = self.embeddings(ids)
-        step = self.chunk or len(ids)
-        for start in range(0, len(ids), step):
-            logits, past = self._run(embeds[:, start : start + step], start, past)
+        for start in range(0, len(ids), self.chunk):
+            logits = self.decoder.step(embeds[:, start : start + self.chunk], cache)
         token = int(np.argmax(logits))
-        return time.perf_counter() - start_time, {"past": past, "token": token, "length": len(ids)}
+        return time.perf_counter() - start_time, {"cache": cache, "token": token}
 
     def step(self, state: dict) -> float:
         start_time = time.perf_counter()
-        embeds = self.embeddings([state["token"]])
-        logits, state["past"] = self._run(embeds, state["length"], state["past"])
-        state["token"], state["length"] = int(np.argmax(logits)), state["length"] + 1
+        logits = self.decoder.step(self.embeddings([state["token"]]), state["cache"])
+        state["token"] = int(np.argmax(logits))
         return time.perf_counter() - start_time
 
 

@@ -9,11 +9,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
+from mvgpt.exporter.attention import GQA_DOMAIN
 from mvgpt.exporter.wrappers import GraphSpec
 
 OPSET = 17
@@ -41,7 +40,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
 
 def export_graph(spec: GraphSpec, path: Path) -> None:
     """Trace ``spec.module`` with its example inputs and write ``path`` (+ ``path.data``)."""
-    module = spec.module.eval()
+    module = (spec.export_module or spec.module).eval()
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         raw = Path(tmp) / path.name
         with torch.no_grad(), warnings.catch_warnings():
@@ -56,11 +55,9 @@ def export_graph(spec: GraphSpec, path: Path) -> None:
                 dynamic_axes=spec.dynamic_axes,
                 opset_version=OPSET,
                 do_constant_folding=True,
+                custom_opsets={GQA_DOMAIN: 1},
             )
         model = onnx.load(str(raw))  # pulls any external data the exporter wrote
-    for name, value in spec.defaults.items():  # an initializer named like an input = its default
-        dtype = next(t.dtype for t in spec.inputs if t.name == name)
-        model.graph.initializer.append(numpy_helper.from_array(np.array(value, dtype), name))
     save_model(model, path)
 
 

@@ -118,15 +118,9 @@ def build_manifest(
     for spec in specs:
         entry = {
             M.S_FILE: files[spec.stage],
-            M.S_INPUTS: [t.to_dict() for t in spec.inputs if t.name not in spec.defaults],
+            M.S_INPUTS: [t.to_dict() for t in spec.inputs],
             M.S_OUTPUTS: [t.to_dict() for t in spec.outputs],
         }
-        if spec.defaults:
-            entry[M.S_OPTIONAL_INPUTS] = [
-                {**t.to_dict(), M.S_DEFAULT: spec.defaults[t.name]}
-                for t in spec.inputs
-                if t.name in spec.defaults
-            ]
         if spec.stage == M.VIDEO_MAMBA:
             entry[M.S_PORTABLE_FILE] = files[spec.stage + PORTABLE_SUFFIX]
         stages[spec.stage] = entry
@@ -176,6 +170,8 @@ def build_manifest(
             "hidden_size": qwen.hidden_size,
             "vocab_size": qwen.vocab_size,
             "max_position_embeddings": qwen.max_position_embeddings,
+            "attention": M.DECODER_ATTENTION,
+            "kv_cache": M.DECODER_KV_CACHE,
         },
         M.K_VISUAL: {
             "num_image_tokens": cfg.num_image_tokens,

@@ -5,11 +5,12 @@ description (names, dtypes, symbolic shapes) for the manifest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mvgpt.exporter.attention import GqaDecoder
 from mvgpt.models.mobile_videogpt import MobileVideoGPT
 from mvgpt.runtime import manifest as M
 
@@ -33,8 +34,9 @@ class GraphSpec:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     example: tuple  # example inputs for tracing (and validation shapes)
-    # inputs that get a default value (an initializer of the same name): callers may omit them
-    defaults: dict[str, int] = field(default_factory=dict)
+    # what is traced, when it differs from ``module`` (the reference the graph is validated
+    # against): the decoder's GQA form
+    export_module: nn.Module | None = None
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -92,12 +94,13 @@ class EmbedTokensGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """Flat past_key_values.{i}.key/value inputs and present.{i}.key/value outputs, then an
-    optional ``num_logits_to_keep`` (default 0: logits for every position)."""
+    """Flat past_key_values.{i}.key/value inputs and present.{i}.key/value outputs, then
+    ``num_logits_to_keep`` (0: logits for every position; k: the last k). ``gqa`` selects the
+    exported form (exporter/attention.py); the default is the reference decoder."""
 
-    def __init__(self, model: MobileVideoGPT):
+    def __init__(self, model: MobileVideoGPT, gqa: bool = False):
         super().__init__()
-        self.decoder = model.decoder
+        self.decoder = GqaDecoder(model.decoder) if gqa else model.decoder
         self.num_layers = model.cfg.qwen.num_hidden_layers
 
     def forward(self, inputs_embeds, attention_mask, position_ids, *rest):
@@ -175,8 +178,10 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
             (M.past_key_name(i), M.present_key_name(i)),
             (M.past_value_name(i), M.present_value_name(i)),
         ):
-            past_in.append(TensorSpec(name, f32, ("batch", kv, "past_sequence", hd)))
-            present_out.append(TensorSpec(present, f32, ("batch", kv, "total_sequence", hd)))
+            # past: the cache buffer, at least the positions in use; present: the buffer again
+            # when it is bound to past (shared), else max(buffer, positions in use) long
+            past_in.append(TensorSpec(name, f32, ("batch", kv, "past_buffer", hd)))
+            present_out.append(TensorSpec(present, f32, ("batch", kv, "present_buffer", hd)))
             past_example.append(torch.randn(1, kv, 3, hd))
     seq = 4
     specs.append(
@@ -198,7 +203,7 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
                 *past_example,
                 torch.tensor(0, dtype=torch.int64),
             ),
-            defaults={M.NUM_LOGITS_TO_KEEP: 0},
+            export_module=DecoderGraph(model, gqa=True),
         )
     )
     return specs

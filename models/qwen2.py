@@ -211,13 +211,16 @@ class Qwen2Decoder(nn.Module):
         for layer, past in zip(self.layers, past_key_values, strict=True):
             x, present = layer(x, cos, sin, bias, past)
             presents.append(present)
+        return self.logits(x, logits_to_keep), presents
+
+    def logits(self, x: torch.Tensor, logits_to_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm and vocabulary projection of the last layer's (B, S, H) output: (B, S, V),
+        or (B, k, V) for the last k positions when ``logits_to_keep`` is k > 0."""
         if logits_to_keep is not None:
             seq_len = torch.tensor(x.shape[1], dtype=torch.int64)
             start = torch.where(logits_to_keep > 0, seq_len - logits_to_keep, 0)
             x = x[:, start:]  # (B, k or S, H)
         x = self.norm(x)
         if self.cfg.tie_word_embeddings:
-            logits = x @ self.embed_tokens.weight.t()  # (B, S, V)
-        else:
-            logits = self.lm_head(x)
-        return logits, presents
+            return x @ self.embed_tokens.weight.t()  # (B, S, V)
+        return self.lm_head(x)

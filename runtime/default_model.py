@@ -10,6 +10,7 @@ from exporting at the same time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -59,18 +60,28 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _is_current(package: Path) -> bool:
+    """A default package made by this mvgpt's package format (older ones are re-made)."""
+    try:
+        manifest = json.loads((package / M.MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get(M.K_SCHEMA_VERSION) == M.SCHEMA_VERSION
+
+
 def default_package(announce: Callable[[str], None]) -> Path:
-    """The cached random tiny package; exported on first use (``announce`` hears about it)."""
+    """The cached random tiny package; exported on first use, and again after a package format
+    change (``announce`` hears about it)."""
     folder = cache_dir()
     package = folder / DEFAULT_PACKAGE
-    if (package / M.MANIFEST_FILE).is_file():
+    if _is_current(package):
         return package
     with _locked(folder / f".{DEFAULT_PACKAGE}.lock"):
-        if (package / M.MANIFEST_FILE).is_file():  # another process made it meanwhile
+        if _is_current(package):  # another process made it meanwhile
             return package
         announce(
-            f"making the built-in default package in {package} (first run only, about a "
-            "minute): a tiny model with RANDOM weights"
+            f"making the built-in default package in {package} (first run, or a new package "
+            "format; about a minute): a tiny model with RANDOM weights"
         )
         command = [sys.executable, "-m", "mvgpt.exporter.cli", "--random", "tiny"]
         try:

@@ -10,7 +10,7 @@ Layout of a package folder::
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: decoder attention is GroupQueryAttention, its KV cache one shared buffer
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -27,7 +27,8 @@ K_SAMPLING = "sampling"  # {num_frames, fps, chunk_size, num_select_k_frames_in_
 K_PROMPT = "prompt"  # {system, template, image_placeholder, num_image_placeholders, ...}
 K_TOKENS = "tokens"  # {endoftext, im_start, im_end, image_token_index}
 K_GENERATION = "generation"  # generation_config.json values + max_new_tokens default
-K_DECODER = "decoder"  # {num_hidden_layers, num_key_value_heads, head_dim, hidden_size, vocab_size}
+K_DECODER = "decoder"  # {num_hidden_layers, num_key_value_heads, head_dim, hidden_size, vocab_size,
+#                        max_position_embeddings, attention, kv_cache}
 K_VISUAL = "visual"  # {num_image_tokens, num_video_tokens, num_visual_tokens}
 K_TOKENIZER = "tokenizer"
 K_SIZES = "sizes_bytes"  # {graph file: bytes incl. external data}
@@ -48,8 +49,6 @@ S_FILE = "file"
 S_PORTABLE_FILE = "portable_file"  # only video_mamba: the graph without the custom op
 S_INPUTS = "inputs"  # [{name, dtype, shape}] ; shape items are ints or symbolic names
 S_OUTPUTS = "outputs"
-S_OPTIONAL_INPUTS = "optional_inputs"  # [{name, dtype, shape, default}]: may be omitted
-S_DEFAULT = "default"
 S_NAME = "name"
 S_DTYPE = "dtype"
 S_SHAPE = "shape"
@@ -78,7 +77,15 @@ STAGES = (
     DECODER,
 )
 
-NUM_LOGITS_TO_KEEP = "num_logits_to_keep"  # optional decoder input: logits of the last k only
+NUM_LOGITS_TO_KEEP = "num_logits_to_keep"  # decoder input: logits of the last k only, 0: all
+
+# the decoder's attention and cache convention (manifest "decoder" entry)
+DECODER_ATTENTION = "com.microsoft.GroupQueryAttention"
+DECODER_KV_CACHE = (
+    "past_key_values.* may be a buffer longer than the positions in use; attention_mask has one "
+    "column per position in use (all ones: rows unpadded); batch 1 when several positions follow "
+    "a past; bind present.* to the same buffer to write new keys/values in place"
+)
 
 CUSTOM_OP_DOMAIN = "mvgpt"
 CUSTOM_OP_SCAN = "SelectiveScan"

@@ -62,7 +62,8 @@ def _stage_io(stage: str, decoder: dict | None) -> tuple[list[str], list[str]]:
         present = [
             n for i in range(layers) for n in (M.present_key_name(i), M.present_value_name(i))
         ]
-        return ["inputs_embeds", "attention_mask", "position_ids", *past], ["logits", *present]
+        inputs = ["inputs_embeds", "attention_mask", "position_ids", *past, M.NUM_LOGITS_TO_KEEP]
+        return inputs, ["logits", *present]
     return {
         M.CLIP_VISION: (["pixel_values"], ["image_features"]),
         M.FRAME_SCORER: (["image_features"], ["frame_scores"]),

@@ -10,10 +10,10 @@
   on the Encoding and reused by later questions.
 
 The KV cache has a fixed capacity (prompt + max_new_tokens, at most max_position_embeddings) and
-is allocated once per answer: per layer two flat buffers that take turns. The decoder reads the
-past as a contiguous view of one and, through IOBinding, writes its present (past + new) straight
-into the other, so no token allocates or copies the cache in numpy. A Pipeline is not
-thread-safe: use one per thread.
+is allocated once per answer: one buffer per layer for keys and one for values. Every decoder run
+binds each buffer (IOBinding) as both its past input and its present output; the decoder's
+GroupQueryAttention sees the same memory and writes the new positions in place, so no token
+allocates or copies the cache. A Pipeline is not thread-safe: use one per thread.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .video import pad_positions, read_frames, sample_positions
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 256  # positions per prefill run (older packages: rows of the logits buffer)
+PREFILL_CHUNK = 256  # positions per prefill run: bounds the attention scores' memory
 ENCODE_STAGES = ("decode_video", "clip_vision", "frame_scorer", "video_mamba", "projectors")
 
 
@@ -76,37 +76,89 @@ class Answer:
 
 
 class KVCache:
-    """Fixed-capacity key/value cache of every decoder layer (see the module docstring)."""
+    """Fixed-capacity key/value cache of every decoder layer (see the module docstring): positions
+    ``[0, length)`` of each (1, kv_heads, capacity, head_dim) buffer are in use."""
 
     def __init__(self, num_layers: int, kv_heads: int, head_dim: int, capacity: int) -> None:
-        self.kv_heads, self.head_dim, self.capacity = kv_heads, head_dim, capacity
-        size = kv_heads * capacity * head_dim
-        self._buffers = np.empty((2, num_layers, 2, size), np.float32)  # (turn, layer, k|v, -)
-        self._turn = 0
+        self.capacity = capacity
+        self._buffers = np.zeros((num_layers, 2, 1, kv_heads, capacity, head_dim), np.float32)
+        # the OrtValues wrap the numpy memory: binding them never copies
+        self.values = [
+            [ort.OrtValue.ortvalue_from_numpy(self._buffers[layer, kind]) for kind in (0, 1)]
+            for layer in range(num_layers)
+        ]
         self.length = 0
 
-    def _view(self, turn: int, layer: int, kind: int, length: int) -> np.ndarray:
-        flat = self._buffers[turn, layer, kind, : self.kv_heads * length * self.head_dim]
-        return flat.reshape(1, self.kv_heads, length, self.head_dim)
-
-    def past(self, layer: int, kind: int) -> np.ndarray:
-        return self._view(self._turn, layer, kind, self.length)
-
-    def next(self, layer: int, kind: int, length: int) -> np.ndarray:
-        return self._view(1 - self._turn, layer, kind, length)
-
-    def advance(self, length: int) -> None:
-        self._turn, self.length = 1 - self._turn, length
+    def in_use(self, layer: int, kind: int) -> np.ndarray:
+        return self._buffers[layer, kind, :, :, : self.length]
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        layers = range(self._buffers.shape[1])
-        return [self.past(i, 0).copy() for i in layers], [self.past(i, 1).copy() for i in layers]
+        layers = range(self._buffers.shape[0])
+        return [self.in_use(i, 0).copy() for i in layers], [
+            self.in_use(i, 1).copy() for i in layers
+        ]
 
     def load(self, keys: list[np.ndarray], values: list[np.ndarray]) -> None:
         self.length = keys[0].shape[2]
         for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-            self.past(i, 0)[...] = k
-            self.past(i, 1)[...] = v
+            self.in_use(i, 0)[...] = k
+            self.in_use(i, 1)[...] = v
+
+
+class Decoder:
+    """The decoder session run the runtime's way: each call binds the KV cache's buffers as past
+    and present (written in place) and gets the last position's logits only."""
+
+    def __init__(self, session: ort.InferenceSession, decoder_cfg: dict) -> None:
+        self.session = session
+        self.layers = int(decoder_cfg["num_hidden_layers"])
+        self.kv_heads = int(decoder_cfg["num_key_value_heads"])
+        self.head_dim = int(decoder_cfg["head_dim"])
+        self._names = [
+            (
+                (M.past_key_name(i), M.present_key_name(i)),
+                (M.past_value_name(i), M.present_value_name(i)),
+            )
+            for i in range(self.layers)
+        ]
+        self._logits = np.empty((1, 1, int(decoder_cfg["vocab_size"])), np.float32)
+        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        self._keep_last = np.array(1, np.int64)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.layers, self.kv_heads, self.head_dim, capacity)
+
+    def step(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Run (1, S, H) embeds after the cached positions; returns the last position's (V,)
+        logits (a view, overwritten by the next call)."""
+        length = embeds.shape[1]
+        start, total = cache.length, cache.length + length
+        if total > cache.capacity:
+            raise MvgptError(
+                f"KV cache: expected at most {cache.capacity} positions, got {total}; fix: "
+                "lower max_new_tokens"
+            )
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        binding.bind_cpu_input("position_ids", np.arange(start, total, dtype=np.int64)[None])
+        binding.bind_cpu_input(M.NUM_LOGITS_TO_KEEP, self._keep_last)
+        for layer, names in enumerate(self._names):
+            for kind, (past, present) in enumerate(names):
+                value = cache.values[layer][kind]
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+        binding.bind_ortvalue_output("logits", self._logits_value)
+        self.session.run_with_iobinding(binding)
+        cache.length = total
+        return self._logits[0, -1]
+
+    def prefill(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
+        """``step`` over (1, S, H) in chunks of PREFILL_CHUNK positions."""
+        logits = None
+        for start in range(0, embeds.shape[1], PREFILL_CHUNK):
+            logits = self.step(embeds[:, start : start + PREFILL_CHUNK], cache)
+        return logits
 
 
 class Pipeline:
@@ -121,15 +173,7 @@ class Pipeline:
         self.num_visual_tokens = int(man[M.K_VISUAL]["num_visual_tokens"])
         self.notes = list(package.notes)
         self._identity = object()
-        self._logits: np.ndarray | None = None
-        optional = man[M.K_STAGES][M.DECODER].get(M.S_OPTIONAL_INPUTS, [])
-        self._keeps_last_logits = any(t[M.S_NAME] == M.NUM_LOGITS_TO_KEEP for t in optional)
-        layers = int(self.decoder_cfg["num_hidden_layers"])
-        self._past_names = [(M.past_key_name(i), M.past_value_name(i)) for i in range(layers)]
-        self._present_names = [
-            (M.present_key_name(i), M.present_value_name(i)) for i in range(layers)
-        ]
-        self._present_flat = [name for pair in self._present_names for name in pair]
+        self.decoder = Decoder(package.sessions[M.DECODER], self.decoder_cfg)
 
     @classmethod
     def load(
@@ -242,59 +286,6 @@ class Pipeline:
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         return self._run(M.EMBED_TOKENS, "inputs_embeds", {"input_ids": ids})  # (1, S, H)
 
-    def _step(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Run the decoder on (1, S, H) embeds after the cached past; returns the last logits.
-
-        One token: IOBinding writes the new keys/values straight into the cache's spare buffer.
-        A prefill chunk: a plain run that asks for the last position's logits only (the
-        optional ``num_logits_to_keep`` input, when the package has it), copied into the cache.
-        """
-        length = embeds.shape[1]
-        start, total = cache.length, cache.length + length
-        if total > cache.capacity:
-            raise MvgptError(
-                f"KV cache: expected at most {cache.capacity} positions, got {total}; fix: "
-                "lower max_new_tokens"
-            )
-        session = self.package.sessions[M.DECODER]
-        feeds = {
-            "inputs_embeds": np.ascontiguousarray(embeds, dtype=np.float32),
-            "attention_mask": np.ones((1, total), np.int64),
-            "position_ids": np.arange(start, total, dtype=np.int64)[None],
-        }
-        for layer, names in enumerate(self._past_names):
-            for kind, name in enumerate(names):
-                feeds[name] = cache.past(layer, kind)
-        if length > 1 and self._keeps_last_logits:
-            feeds[M.NUM_LOGITS_TO_KEEP] = np.array(1, np.int64)
-            outputs = session.run(["logits", *self._present_flat], feeds)
-            for i, present in enumerate(outputs[1:]):
-                cache.next(i // 2, i % 2, total)[...] = present
-            cache.advance(total)
-            return outputs[0][0, -1]
-        vocab = int(self.decoder_cfg["vocab_size"])
-        if self._logits is None:  # one row when prefill chunks take the run() path above
-            rows = 1 if self._keeps_last_logits else PREFILL_CHUNK
-            self._logits = np.empty(rows * vocab, np.float32)
-        binding = session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        for layer, names in enumerate(self._present_names):
-            for kind, name in enumerate(names):
-                present = ort.OrtValue.ortvalue_from_numpy(cache.next(layer, kind, total))
-                binding.bind_ortvalue_output(name, present)
-        logits = self._logits[: length * vocab].reshape(1, length, vocab)
-        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        session.run_with_iobinding(binding)
-        cache.advance(total)
-        return logits[0, -1]
-
-    def _prefill(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
-        logits = None
-        for start in range(0, embeds.shape[1], PREFILL_CHUNK):
-            logits = self._step(embeds[:, start : start + PREFILL_CHUNK], cache)
-        return logits
-
     def answer(
         self,
         video: str | Path | np.ndarray | Encoding,
@@ -341,12 +332,7 @@ class Pipeline:
                     f"{prompt_length}; fix: ask a shorter question"
                 )
             limit = min(limit, max_positions - prompt_length)
-        cache = KVCache(
-            len(self._past_names),
-            int(self.decoder_cfg["num_key_value_heads"]),
-            int(self.decoder_cfg["head_dim"]),
-            prompt_length + limit,
-        )
+        cache = self.decoder.new_cache(prompt_length + limit)
         prefix = encoding.prefix
         if (
             prefix is not None
@@ -356,10 +342,10 @@ class Pipeline:
             cache.load(prefix.keys, prefix.values)
         else:
             embeds = np.concatenate([self._embed(prefix_ids), encoding.visual[None]], axis=1)
-            self._prefill(embeds, cache)
+            self.decoder.prefill(embeds, cache)
             keys, values = cache.snapshot()
             encoding.prefix = _Prefix(self._identity, np.array(prefix_ids), keys, values)
-        logits = self._prefill(self._embed(suffix_ids), cache)
+        logits = self.decoder.prefill(self._embed(suffix_ids), cache)
         t1 = time.perf_counter()
         seconds["prefill"] = t1 - t0
 
@@ -380,7 +366,7 @@ class Pipeline:
             if len(generated) == limit:
                 break
             t_step = time.perf_counter()
-            logits = self._step(self._embed([token]), cache)
+            logits = self.decoder.step(self._embed([token]), cache)
             steps, step_seconds = steps + 1, step_seconds + time.perf_counter() - t_step
         if stream is not None:
             stream.finish()

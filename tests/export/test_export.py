@@ -76,6 +76,7 @@ def test_decoder_cached_steps_equal_one_full_pass(package):
             "inputs_embeds": x,
             "attention_mask": np.ones((1, start + x.shape[1]), np.int64),
             "position_ids": np.arange(start, start + x.shape[1], dtype=np.int64)[None],
+            M.NUM_LOGITS_TO_KEEP: np.array(0, np.int64),
         }
         for i in range(dec["num_hidden_layers"]):
             feeds[M.past_key_name(i)], feeds[M.past_value_name(i)] = past[i]
@@ -164,25 +165,78 @@ def test_hub_id_offline_is_one_clear_line(tmp_path):
     assert "could not be downloaded" in line
 
 
-def test_decoder_num_logits_to_keep_is_optional(package):
+def _decoder_feeds(dec, embeds, start, keep):
+    return {
+        "inputs_embeds": embeds,
+        "attention_mask": np.ones((1, start + embeds.shape[1]), np.int64),
+        "position_ids": np.arange(start, start + embeds.shape[1], dtype=np.int64)[None],
+        M.NUM_LOGITS_TO_KEEP: np.array(keep, np.int64),
+    }
+
+
+def test_decoder_num_logits_to_keep(package):
     out, _ = package
     manifest = json.loads((out / M.MANIFEST_FILE).read_text())
-    entry = manifest[M.K_STAGES][M.DECODER]
-    assert [t[M.S_NAME] for t in entry[M.S_OPTIONAL_INPUTS]] == [M.NUM_LOGITS_TO_KEEP]
     dec = manifest[M.K_DECODER]
+    assert dec["attention"] == M.DECODER_ATTENTION
     sess = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
     empty = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_dim"]), np.float32)
-    feeds = {
-        "inputs_embeds": np.random.default_rng(1).standard_normal(
-            (1, 6, dec["hidden_size"]), np.float32
-        ),
-        "attention_mask": np.ones((1, 6), np.int64),
-        "position_ids": np.arange(6, dtype=np.int64)[None],
-    }
+    embeds = np.random.default_rng(1).standard_normal((1, 6, dec["hidden_size"]), np.float32)
+    feeds = _decoder_feeds(dec, embeds, 0, 0)
     for i in range(dec["num_hidden_layers"]):
         feeds[M.past_key_name(i)] = feeds[M.past_value_name(i)] = empty
-    full = sess.run(["logits"], feeds)[0]  # the convention: no extra input needed
+    full = sess.run(["logits"], feeds)[0]
     last = sess.run(["logits"], {**feeds, M.NUM_LOGITS_TO_KEEP: np.array(1, np.int64)})[0]
     diff = float(np.abs(full[:, -1:] - last).max())
     print("last-position logits vs full pass, max |diff|:", diff)
     assert full.shape[1] == 6 and last.shape[1] == 1 and diff < 1e-5
+
+
+def test_decoder_writes_a_shared_cache_buffer_in_place(package):
+    """past and present bound to one preallocated buffer (the runtime's way): a prefill chunk
+    and cached steps give the logits of one full pass, the buffer holds exactly the keys and
+    values of an unshared run, and the positions not yet used stay untouched."""
+    out, _ = package
+    dec = json.loads((out / M.MANIFEST_FILE).read_text())[M.K_DECODER]
+    layers, kvh, hd = dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_dim"]
+    sess = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    total, capacity = 9, 16
+    embeds = np.random.default_rng(2).standard_normal((1, total, dec["hidden_size"]), np.float32)
+    empty = np.zeros((1, kvh, 0, hd), np.float32)
+    feeds = _decoder_feeds(dec, embeds, 0, 0)
+    for i in range(layers):
+        feeds[M.past_key_name(i)] = feeds[M.past_value_name(i)] = empty
+    full, *presents = sess.run(None, feeds)
+
+    buffers = np.full((layers, 2, 1, kvh, capacity, hd), 7.0, np.float32)
+    values = [
+        [ort.OrtValue.ortvalue_from_numpy(buffers[i, k]) for k in (0, 1)] for i in range(layers)
+    ]
+    logits = np.empty((1, 1, full.shape[2]), np.float32)
+    rows = []
+    for start, stop in [(0, 5), *((t, t + 1) for t in range(5, total))]:
+        binding = sess.io_binding()
+        for name, value in _decoder_feeds(dec, embeds[:, start:stop], start, 1).items():
+            binding.bind_cpu_input(name, value)
+        for i in range(layers):
+            for kind, (past, present) in enumerate(
+                [
+                    (M.past_key_name(i), M.present_key_name(i)),
+                    (M.past_value_name(i), M.present_value_name(i)),
+                ]
+            ):
+                binding.bind_ortvalue_input(past, values[i][kind])
+                binding.bind_ortvalue_output(present, values[i][kind])
+        binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        sess.run_with_iobinding(binding)
+        rows.append(logits[0, -1].copy())
+    logit_diff = float(np.abs(np.stack(rows[1:]) - full[0, 5:]).max())
+    logit_diff = max(logit_diff, float(np.abs(rows[0] - full[0, 4]).max()))
+    cache_diff = max(
+        float(np.abs(buffers[i, k, :, :, :total] - presents[2 * i + k]).max())
+        for i in range(layers)
+        for k in (0, 1)
+    )
+    print(f"shared buffer vs full pass: logits max |diff| {logit_diff:.2e}, cache {cache_diff:.2e}")
+    assert logit_diff < 1e-4 and cache_diff < 1e-5
+    assert np.all(buffers[:, :, :, :, total:] == 7.0)

@@ -49,8 +49,8 @@ def test_manifest_errors(tiny_package, tmp_path):
         tmp_path / "empty": "expected manifest.json",
         bad_json: "expected a JSON manifest",
         array: "expected a JSON object",
-        _copy(tiny_package, tmp_path / "v2", lambda m: m.update(schema_version=2)): (
-            "expected schema_version 1, got 2"
+        _copy(tiny_package, tmp_path / "v1", lambda m: m.update(schema_version=1)): (
+            "expected schema_version 2, got 1"
         ),
         _copy(tiny_package, tmp_path / "nokeys", lambda m: m.pop("decoder")): "decoder",
         _copy(tiny_package, tmp_path / "nostage", lambda m: m["stages"].pop("frame_scorer")): (
