@@ -12,7 +12,6 @@ from pathlib import Path
 import onnx
 import torch
 
-from mvgpt.exporter.attention import GQA_DOMAIN
 from mvgpt.exporter.wrappers import GraphSpec
 
 OPSET = 17
@@ -55,7 +54,7 @@ def export_graph(spec: GraphSpec, path: Path) -> None:
                 dynamic_axes=spec.dynamic_axes,
                 opset_version=OPSET,
                 do_constant_folding=True,
-                custom_opsets={GQA_DOMAIN: 1},
+                custom_opsets=spec.custom_opsets,
             )
         model = onnx.load(str(raw))  # pulls any external data the exporter wrote
     save_model(model, path)

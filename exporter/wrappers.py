@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mvgpt.exporter.attention import GqaDecoder
+from mvgpt.exporter.attention import GQA_DOMAIN, GqaDecoder
 from mvgpt.models.mobile_videogpt import MobileVideoGPT
 from mvgpt.runtime import manifest as M
 
@@ -37,6 +37,7 @@ class GraphSpec:
     # what is traced, when it differs from ``module`` (the reference the graph is validated
     # against): the decoder's GQA form
     export_module: nn.Module | None = None
+    custom_opsets: dict[str, int] | None = None  # non-standard op domains the graph uses
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -204,6 +205,7 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
                 torch.tensor(0, dtype=torch.int64),
             ),
             export_module=DecoderGraph(model, gqa=True),
+            custom_opsets={GQA_DOMAIN: 1},
         )
     )
     return specs
