@@ -1,6 +1,6 @@
 """``mvgpt-export``: official checkpoint (or a random one) -> validated ONNX model package.
 
-    mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision {fp32,int8,int4}]
+    mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision {fp32,int8,int4,int4-b128}]
     mvgpt-export --random {tiny,0.5b} --out PKG
 
 A hub id instead of a folder is downloaded with huggingface_hub when online. Errors are one
@@ -50,7 +50,8 @@ def parse_args(argv):
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="weights: fp32, int8 (dynamic int8 MatMuls), int4 (4-bit decoder, rest int8)",
+        help="weights: fp32, int8 (dynamic int8 MatMuls), int4 (4-bit decoder in blocks of 32, "
+        "rest int8), int4-b128 (blocks of 128: faster decode, larger error)",
     )
     parser.add_argument(
         "--min-cosine",

@@ -94,6 +94,7 @@ def test_int4_decoder_is_matmulnbits(quantized):
     for n in nbits:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         assert attrs["accuracy_level"] == 4 and attrs["bits"] == 4, attrs
+        assert attrs["block_size"] == 32, attrs  # int4: onnxruntime-genai's block size
     vocab = max(
         onnx.helper.get_attribute_value(a) for n in nbits for a in n.attribute if a.name == "N"
     )
@@ -134,3 +135,16 @@ def test_an_unmet_cosine_bar_fails_and_publishes_nothing(tiny_checkpoint, tmp_pa
     print(err.value)
     assert "--min-cosine" in str(err.value)
     assert not out.exists() and not list(tmp_path.glob(".pkg.partial-*"))
+
+
+def test_int4_precisions_differ_only_in_the_decoders_block_size():
+    from mvgpt.exporter import quantize as Q
+
+    files = {stage: f"{stage}.onnx" for stage in M.STAGES}
+    int4, b128 = Q.plan("int4", files), Q.plan("int4-b128", files)
+    assert int4[M.DECODER] == "int4_matmulnbits_block32_acc4"
+    assert b128[M.DECODER] == "int4_matmulnbits_block128_acc4"
+    assert {k: v for k, v in int4.items() if k != M.DECODER} == {
+        k: v for k, v in b128.items() if k != M.DECODER
+    }
+    assert all(method in Q.QUANTIZERS for method in b128.values() if method != Q.FP32)
