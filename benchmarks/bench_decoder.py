@@ -11,7 +11,7 @@ The weights: the random checkpoint the package was made from (its manifest's siz
 written under --work unless --checkpoint names it; the package's embeddings are checked against
 it before anything is timed. The Hugging Face folder and the genai model are cached under --work.
 
-    python benchmarks/bench_decoder.py --model /tmp/pkg_05b --warmup 1 --repeat 3 --threads 2
+    python benchmarks/bench_decoder.py --model INT8_PKG [--model INT4_PKG] --repeat 3 --threads 2
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from common import (  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="model package folder")
+    parser.add_argument(
+        "--model", action="append", required=True, help="package folder (repeatable, same weights)"
+    )
     parser.add_argument("--checkpoint", help="random checkpoint root (checkpoint/ and clip/)")
     parser.add_argument("--work", default="/tmp/mvgpt-bench-decoder", help="cache folder")
     parser.add_argument("--warmup", type=int, default=1)
@@ -58,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from mvgpt.runtime.package import read_manifest
     from mvgpt.runtime.pipeline import PREFILL_CHUNK
 
-    folder = Path(args.model).expanduser()
-    man = read_manifest(folder)
+    folders = [Path(m).expanduser() for m in args.model]
+    manifests = [read_manifest(f) for f in folders]
+    man = manifests[0]  # the first package names the weights
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     source = man.get("source", {})
@@ -78,18 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing the Qwen2ForCausalLM folder {hf_dir}", file=sys.stderr)
         peers.write_hf_folder(root / "checkpoint", root / "clip", hf_dir)
 
-    onnx_engine = peers.OnnxEngine(folder, man, args.threads, PREFILL_CHUNK)
-    onnx_engine.capacity = args.prompt_length + args.decode_tokens + 8
     probe = np.arange(8, dtype=np.int64)
     from safetensors import safe_open
 
     with safe_open(str(hf_dir / "model.safetensors"), "pt") as f:
         want = f.get_slice("model.embed_tokens.weight")[:8].float().numpy()
-    got = onnx_engine.embeddings(probe)[0]
-    diff = float(np.abs(got - want).max())
-    print(f"same weights: embed_tokens rows 0..7, max |package - checkpoint| = {diff:.3g}")
-    if diff > 0.02 * float(np.abs(want).max()):
-        raise SystemExit(f"the package was not made from {root}: embeddings differ by {diff}")
+    onnx_engines = {}
+    for pkg, pkg_man in zip(folders, manifests, strict=True):
+        engine = peers.OnnxEngine(pkg, pkg_man, args.threads, PREFILL_CHUNK)
+        engine.capacity = args.prompt_length + args.decode_tokens + 8
+        got = engine.embeddings(probe)[0]
+        diff = float(np.abs(got - want).max())
+        print(f"same weights: {pkg} embed_tokens rows 0..7, max |diff| = {diff:.3g}")
+        if diff > 0.02 * float(np.abs(want).max()):
+            raise SystemExit(f"{pkg} was not made from {root}: embeddings differ by {diff}")
+        onnx_engines[f"mvgpt decoder.onnx {pkg_man.get('precision', 'fp32')}"] = engine
 
     engines: dict[str, object] = {}
     versions = {"onnxruntime": ort.__version__, "torch": torch.__version__}
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             engines[f"transformers {dtype}"] = peers.TransformersEngine(
                 hf_dir, dtype, args.threads, args.attn
             )
-    engines[f"mvgpt decoder.onnx {man.get('precision', 'fp32')}"] = onnx_engine
+    engines |= onnx_engines
     if not args.no_genai:
         try:
             import onnxruntime_genai as og
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 genai_dir, args.threads, max_length
             )
     env = environment(args.threads, versions, "CPUExecutionProvider")
-    env |= {"model": str(folder), "prompt_length": args.prompt_length}
+    env |= {"model": [str(f) for f in folders], "prompt_length": args.prompt_length}
 
     ids = np.random.default_rng(0).integers(0, 151000, args.prompt_length).astype(np.int64)
     prefill: dict[str, list[float]] = {name: [] for name in engines}

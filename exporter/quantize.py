@@ -307,7 +307,6 @@ def _decoder_outputs(ref_sess, got_sess, embed_sess, rng):
         feeds = {
             "inputs_embeds": embeds,
             "attention_mask": np.ones((1, start + ids.shape[1]), np.int64),
-            "position_ids": np.arange(start, start + ids.shape[1], dtype=np.int64)[None],
             M.NUM_LOGITS_TO_KEEP: np.array(0, np.int64),
         }
         feeds.update(past or {a.name: empty for a in pasts})

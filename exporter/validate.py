@@ -46,14 +46,13 @@ def session(path: Path, custom_ops: bool, threads: int = 0) -> ort.InferenceSess
 def fresh_inputs(spec: GraphSpec, gen: torch.Generator) -> tuple:
     """Inputs of other sizes than the traced example, where the graph's axes are dynamic."""
     if spec.stage == M.DECODER:
-        embeds, _, _, *past, _ = spec.example
+        embeds, _, *past, _ = spec.example
         # GQA: rows unpadded, and batch 1 when several new positions follow a past
         batch, seq, past_len = 1, 3, 5
         past = [torch.randn(batch, p.shape[1], past_len, p.shape[3], generator=gen) for p in past]
         mask = torch.ones(batch, past_len + seq, dtype=torch.int64)
-        positions = torch.arange(past_len, past_len + seq).repeat(batch, 1)
         embeds = torch.randn(batch, seq, embeds.shape[-1], generator=gen)
-        return (embeds, mask, positions, *past, torch.tensor(0))  # 0: logits of every position
+        return (embeds, mask, *past, torch.tensor(0))  # 0: logits of every position
     if spec.stage == M.EMBED_TOKENS:
         vocab = spec.module.embed_tokens.num_embeddings
         return (torch.randint(0, vocab, (2, 7), generator=gen),)

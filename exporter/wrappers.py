@@ -95,21 +95,27 @@ class EmbedTokensGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    """Flat past_key_values.{i}.key/value inputs and present.{i}.key/value outputs, then
-    ``num_logits_to_keep`` (0: logits for every position; k: the last k). ``gqa`` selects the
-    exported form (exporter/attention.py); the default is the reference decoder."""
+    """inputs_embeds, attention_mask (one column per position in use, all ones), flat
+    past_key_values.{i}.key/value, ``num_logits_to_keep`` (0: logits for every position; k: the
+    last k) -> logits and flat present.{i}.key/value. Positions are implied: the new ones follow
+    the past. ``gqa`` selects the exported form (exporter/attention.py); the default is the
+    reference decoder."""
 
     def __init__(self, model: MobileVideoGPT, gqa: bool = False):
         super().__init__()
-        self.decoder = GqaDecoder(model.decoder) if gqa else model.decoder
+        self.gqa = GqaDecoder(model.decoder) if gqa else None
+        self.decoder = model.decoder
         self.num_layers = model.cfg.qwen.num_hidden_layers
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *rest):
-        past_flat, num_logits_to_keep = rest[:-1], rest[-1]
+    def forward(self, inputs_embeds, attention_mask, *rest):
+        past_flat, keep = rest[:-1], rest[-1]
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.num_layers)]
-        logits, presents = self.decoder(
-            inputs_embeds, attention_mask, position_ids, past, num_logits_to_keep
-        )
+        if self.gqa is not None:
+            logits, presents = self.gqa(inputs_embeds, attention_mask, past, keep)
+        else:
+            seq, total = inputs_embeds.shape[1], attention_mask.shape[1]
+            positions = torch.arange(total - seq, total).expand(inputs_embeds.shape[0], seq)
+            logits, presents = self.decoder(inputs_embeds, attention_mask, positions, past, keep)
         flat = [t for kv in presents for t in kv]
         return (logits, *flat)
 
@@ -192,7 +198,6 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
             [
                 TensorSpec("inputs_embeds", f32, ("batch", "sequence", hidden)),
                 TensorSpec("attention_mask", i64, ("batch", "total_sequence")),
-                TensorSpec("position_ids", i64, ("batch", "sequence")),
                 *past_in,
                 TensorSpec(M.NUM_LOGITS_TO_KEEP, i64, ()),
             ],
@@ -200,7 +205,6 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
             (
                 torch.randn(1, seq, hidden),
                 torch.ones(1, 3 + seq, dtype=torch.int64),
-                torch.arange(3, 3 + seq).unsqueeze(0),
                 *past_example,
                 torch.tensor(0, dtype=torch.int64),
             ),

@@ -83,7 +83,8 @@ NUM_LOGITS_TO_KEEP = "num_logits_to_keep"  # decoder input: logits of the last k
 DECODER_ATTENTION = "com.microsoft.GroupQueryAttention"
 DECODER_KV_CACHE = (
     "past_key_values.* may be a buffer longer than the positions in use; attention_mask has one "
-    "column per position in use (all ones: rows unpadded); batch 1 when several positions follow "
+    "column per position in use (all ones: rows unpadded), and the new positions follow the "
+    "past ones (no position_ids: the graph applies RoPE); batch 1 when several positions follow "
     "a past; bind present.* to the same buffer to write new keys/values in place"
 )
 

@@ -62,7 +62,7 @@ def _stage_io(stage: str, decoder: dict | None) -> tuple[list[str], list[str]]:
         present = [
             n for i in range(layers) for n in (M.present_key_name(i), M.present_value_name(i))
         ]
-        inputs = ["inputs_embeds", "attention_mask", "position_ids", *past, M.NUM_LOGITS_TO_KEEP]
+        inputs = ["inputs_embeds", "attention_mask", *past, M.NUM_LOGITS_TO_KEEP]
         return inputs, ["logits", *present]
     return {
         M.CLIP_VISION: (["pixel_values"], ["image_features"]),

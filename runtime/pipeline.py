@@ -132,7 +132,7 @@ class Decoder:
         """Run (1, S, H) embeds after the cached positions; returns the last position's (V,)
         logits (a view, overwritten by the next call)."""
         length = embeds.shape[1]
-        start, total = cache.length, cache.length + length
+        total = cache.length + length
         if total > cache.capacity:
             raise MvgptError(
                 f"KV cache: expected at most {cache.capacity} positions, got {total}; fix: "
@@ -141,7 +141,6 @@ class Decoder:
         binding = self.session.io_binding()
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        binding.bind_cpu_input("position_ids", np.arange(start, total, dtype=np.int64)[None])
         binding.bind_cpu_input(M.NUM_LOGITS_TO_KEEP, self._keep_last)
         for layer, names in enumerate(self._names):
             for kind, (past, present) in enumerate(names):

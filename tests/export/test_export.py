@@ -75,7 +75,6 @@ def test_decoder_cached_steps_equal_one_full_pass(package):
         feeds = {
             "inputs_embeds": x,
             "attention_mask": np.ones((1, start + x.shape[1]), np.int64),
-            "position_ids": np.arange(start, start + x.shape[1], dtype=np.int64)[None],
             M.NUM_LOGITS_TO_KEEP: np.array(0, np.int64),
         }
         for i in range(dec["num_hidden_layers"]):
@@ -169,7 +168,6 @@ def _decoder_feeds(dec, embeds, start, keep):
     return {
         "inputs_embeds": embeds,
         "attention_mask": np.ones((1, start + embeds.shape[1]), np.int64),
-        "position_ids": np.arange(start, start + embeds.shape[1], dtype=np.int64)[None],
         M.NUM_LOGITS_TO_KEEP: np.array(keep, np.int64),
     }
 
