@@ -187,3 +187,13 @@ def test_kernels_package_does_not_import_torch():
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@needs_lib
+def test_register_turns_off_onnxruntime_spinning():
+    """The op's own thread pool would otherwise compete with spinning intra-op workers."""
+    options = ort.SessionOptions()
+    with pytest.raises(RuntimeError):  # unset: onnxruntime's default (spinning)
+        options.get_session_config_entry(kernels.NO_SPINNING[0])
+    kernels.register(options)
+    assert options.get_session_config_entry(kernels.NO_SPINNING[0]) == "0"
