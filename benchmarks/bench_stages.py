@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         step = chunk or prompt_length
 
         def prefill() -> None:
-            cache = decoder.new_cache(prompt_length + 1)
-            for start in range(0, prompt_length, step):
-                decoder.step(embeds[:, start : start + step], cache)
+            decoder.prefill(embeds, decoder.new_cache(prompt_length + 1), step)
 
         need, computed = floors.decoder_work(dims, prompt_length, 0, weight_bytes)
         extra = {"sequence": prompt_length, "prefill_chunk": step, "graph_flops": computed}

@@ -117,7 +117,9 @@ class OnnxEngine:
     """The runtime's own decoder path (``mvgpt.runtime.pipeline.Decoder``): one preallocated KV
     cache per prompt, bound as past and present, last-position logits only."""
 
-    def __init__(self, folder: Path, manifest: dict, threads: int, chunk: int) -> None:
+    def __init__(
+        self, folder: Path, manifest: dict, threads: int, chunk: int, capacity: int
+    ) -> None:
         import onnxruntime as ort
 
         from mvgpt.runtime.pipeline import PREFILL_CHUNK, Decoder
@@ -135,7 +137,7 @@ class OnnxEngine:
         )
         self.decoder = Decoder(session, manifest["decoder"])
         self.chunk = chunk or PREFILL_CHUNK
-        self.capacity = 0  # set by the caller: prompt + decoded tokens
+        self.capacity = capacity  # KV cache positions: prompt + decoded tokens
 
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64).reshape(1, -1)
@@ -145,9 +147,7 @@ class OnnxEngine:
         start_time = time.perf_counter()
         cache = self.decoder.new_cache(max(self.capacity, len(ids) + 1))
         embeds = self.embeddings(ids)
-        for start in range(0, len(ids), self.chunk):
-            logits = self.decoder.step(embeds[:, start : start + self.chunk], cache)
-        token = int(np.argmax(logits))
+        token = int(np.argmax(self.decoder.prefill(embeds, cache, self.chunk)))
         return time.perf_counter() - start_time, {"cache": cache, "token": token}
 
     def step(self, state: dict) -> float:

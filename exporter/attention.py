@@ -29,19 +29,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvgpt.models.qwen2 import Attention, Qwen2Decoder, apply_rotary
+from mvgpt.models.qwen2 import (
+    Attention,
+    Qwen2Decoder,
+    apply_rotary,
+    attention_bias,
+    grouped_attention,
+    rotary_cos_sin,
+)
 
 GQA_DOMAIN = "com.microsoft"
 GQA_OP = "GroupQueryAttention"
 
 
 def rotary_tables(cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * theta^(-2i/head_dim) for every position, (max_pos, head_dim/2)
-    fp32: the same products the reference's ``rotary_cos_sin`` takes cos and sin of."""
-    exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32)
-    inv_freq = 1.0 / (cfg.rope_theta ** (exponent / cfg.head_dim))
-    angles = torch.arange(cfg.max_position_embeddings, dtype=torch.float32)[:, None] * inv_freq
-    return angles.cos(), angles.sin()
+    """GQA's cos and sin caches, (max_pos, head_dim/2) fp32: the reference's ``rotary_cos_sin``
+    at every position, one copy of its duplicated halves."""
+    positions = torch.arange(cfg.max_position_embeddings)[None]  # (1, max_pos)
+    cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta, torch.float32)
+    half = cfg.head_dim // 2
+    return cos[0, 0, :, :half], sin[0, 0, :, :half]
 
 
 class _GroupQueryAttention(torch.autograd.Function):
@@ -59,15 +66,9 @@ class _GroupQueryAttention(torch.autograd.Function):
         k = apply_rotary(k.view(batch, seq, kv_heads, hd).transpose(1, 2), cos, sin)
         v = v.view(batch, seq, kv_heads, hd).transpose(1, 2)
         keys, values = torch.cat((past_k, k), 2), torch.cat((past_v, v), 2)  # (B,kvh,T,hd)
-        groups = num_heads // kv_heads
-        keys_rep = keys.repeat_interleave(groups, 1)
-        values_rep = values.repeat_interleave(groups, 1)
-        steps = keys.shape[2]
-        causal = torch.ones(seq, steps, dtype=torch.bool).tril(steps - seq)
-        scores = (q @ keys_rep.transpose(-1, -2)) * hd**-0.5
-        scores = scores.masked_fill(~causal, float("-inf"))
-        out = F.softmax(scores, -1) @ values_rep  # (B, nh, S, hd)
-        return out.transpose(1, 2).reshape(batch, seq, num_heads * hd), keys, values
+        mask = torch.ones(batch, keys.shape[2], dtype=torch.int64)  # unpadded rows
+        out = grouped_attention(q, keys, values, attention_bias(mask, seq))
+        return out, keys, values
 
     @staticmethod
     def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total, cos, sin, num_heads, kv_heads):

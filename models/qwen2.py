@@ -77,6 +77,29 @@ def attention_bias(attention_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
     return torch.where(allowed, zero, neg)[:, None, None]  # (B, 1, 1, S, T)
 
 
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + bias) v for q (B, nh, S, hd) and k, v (B, kvh, T, hd) with
+    nh a multiple of kvh; bias from ``attention_bias``. Returns (B, S, nh*hd).
+
+    GQA: query head h uses kv head h // groups. The queries of one kv head are stacked into one
+    (groups*S, hd) matrix, so each kv head is one plain matmul that reads its keys once: the same
+    as repeating k/v, without copying the cache or broadcasting.
+    """
+    batch, num_heads, seq_len, head_dim = q.shape
+    kv_heads, total = k.shape[1], k.shape[2]
+    groups = num_heads // kv_heads
+    q = q.reshape(batch, kv_heads, groups * seq_len, head_dim)
+    scores = q @ k.transpose(-1, -2) * head_dim**-0.5  # (B, kvh, g*S, T)
+    scores = scores.reshape(batch, kv_heads, groups, seq_len, total)
+    probs = F.softmax(scores.float() + bias, dim=-1).to(q.dtype)  # fp32 mask and softmax
+    probs = probs.reshape(batch, kv_heads, groups * seq_len, total)
+    out = probs @ v  # (B, kvh, g*S, hd)
+    out = out.reshape(batch, num_heads, seq_len, head_dim).transpose(1, 2)
+    return out.reshape(batch, seq_len, num_heads * head_dim)  # (B, S, nh*hd)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE; concatenates the new keys/values to the past."""
 
@@ -99,27 +122,13 @@ class Attention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         batch, seq_len = x.shape[0], x.shape[1]
-        groups = self.num_heads // self.num_kv_heads
         q = self.q_proj(x).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # (B, nh|kvh, S, hd)
         k = torch.cat((past[0], k), dim=2)  # (B, kvh, P+S, hd)
         v = torch.cat((past[1], v), dim=2)
-
-        # GQA: query head h uses kv head h // groups. The queries of one kv head are stacked
-        # into one (groups*S, hd) matrix, so each kv head is one plain matmul that reads its keys
-        # once: the same as repeating k/v, without copying the cache or broadcasting.
-        total = k.shape[2]
-        q = q.reshape(batch, self.num_kv_heads, groups * seq_len, self.head_dim)
-        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5  # (B, kvh, g*S, T)
-        scores = scores.reshape(batch, self.num_kv_heads, groups, seq_len, total)
-        probs = F.softmax(scores.float() + bias, dim=-1).to(q.dtype)  # fp32 mask and softmax
-        probs = probs.reshape(batch, self.num_kv_heads, groups * seq_len, total)
-        out = probs @ v  # (B, kvh, g*S, hd)
-        out = out.reshape(batch, self.num_heads, seq_len, self.head_dim).transpose(1, 2)
-        out = out.reshape(batch, seq_len, self.num_heads * self.head_dim)  # (B, S, nh*hd)
-        return self.o_proj(out), (k, v)
+        return self.o_proj(grouped_attention(q, k, v, bias)), (k, v)
 
 
 class MLP(nn.Module):

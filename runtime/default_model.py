@@ -10,7 +10,6 @@ from exporting at the same time.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -21,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import manifest as M
 from .errors import MvgptError, PackageError
+from .package import read_manifest
 
 CACHE_ENV = "MVGPT_CACHE"
 DEFAULT_PACKAGE = "default-tiny"
@@ -61,12 +60,12 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _is_current(package: Path) -> bool:
-    """A default package made by this mvgpt's package format (older ones are re-made)."""
+    """A default package whose manifest this mvgpt reads (an older format is re-made)."""
     try:
-        manifest = json.loads((package / M.MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        read_manifest(package)
+    except PackageError:
         return False
-    return isinstance(manifest, dict) and manifest.get(M.K_SCHEMA_VERSION) == M.SCHEMA_VERSION
+    return True
 
 
 def default_package(announce: Callable[[str], None]) -> Path:

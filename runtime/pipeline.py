@@ -94,9 +94,8 @@ class KVCache:
 
     def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         layers = range(self._buffers.shape[0])
-        return [self.in_use(i, 0).copy() for i in layers], [
-            self.in_use(i, 1).copy() for i in layers
-        ]
+        keys, values = ([self.in_use(i, kind).copy() for i in layers] for kind in (0, 1))
+        return keys, values
 
     def load(self, keys: list[np.ndarray], values: list[np.ndarray]) -> None:
         self.length = keys[0].shape[2]
@@ -152,11 +151,11 @@ class Decoder:
         cache.length = total
         return self._logits[0, -1]
 
-    def prefill(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
-        """``step`` over (1, S, H) in chunks of PREFILL_CHUNK positions."""
+    def prefill(self, embeds: np.ndarray, cache: KVCache, chunk: int = PREFILL_CHUNK) -> np.ndarray:
+        """``step`` over (1, S, H) in runs of ``chunk`` positions."""
         logits = None
-        for start in range(0, embeds.shape[1], PREFILL_CHUNK):
-            logits = self.step(embeds[:, start : start + PREFILL_CHUNK], cache)
+        for start in range(0, embeds.shape[1], chunk):
+            logits = self.step(embeds[:, start : start + chunk], cache)
         return logits
 
 
