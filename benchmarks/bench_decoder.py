@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attn", default="sdpa", help="transformers attn_implementation")
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--no-genai", action="store_true")
+    parser.add_argument(
+        "--portable",
+        action="store_true",
+        help="also run each package's portable decoder (onnxruntime's attention kernel)",
+    )
     args = parser.parse_args(argv)
 
     import decoder_peers as peers
@@ -95,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"same weights: {pkg} embed_tokens rows 0..7, max |diff| = {diff:.3g}")
         if diff > 0.02 * float(np.abs(want).max()):
             raise SystemExit(f"{pkg} was not made from {root}: embeddings differ by {diff}")
-        onnx_engines[f"mvgpt decoder.onnx {pkg_man.get('precision', 'fp32')}"] = engine
+        precision = pkg_man.get("precision", "fp32")
+        onnx_engines[f"mvgpt decoder.onnx {precision}"] = engine
+        if args.portable and "portable_file" in pkg_man["stages"]["decoder"]:
+            onnx_engines[f"mvgpt decoder_portable.onnx {precision}"] = peers.OnnxEngine(
+                pkg, pkg_man, args.threads, PREFILL_CHUNK, capacity, portable=True
+            )
 
     engines: dict[str, object] = {}
     versions = {"onnxruntime": ort.__version__, "torch": torch.__version__}

@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = first["bandwidth"]
     rng = np.random.default_rng(0)
 
-    def session(file: str, custom: bool = False) -> ort.InferenceSession:
+    def session(file: str, custom: bool = False, spinning: bool = False) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         if custom:
-            kernels.register(options)
+            kernels.register(options, spinning=spinning)
         path = os.path.join(folder, file)
         return ort.InferenceSession(path, options, ["CPUExecutionProvider"])
 
@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         record("embed_tokens", file, bench(lambda: s.run(None, text)), work["embed_tokens"])
         del s
     gc.collect()
-    if wanted("decoder"):
-        file = stages[M.DECODER][M.S_FILE]
-        s = session(file)
+
+    def bench_decoder(label: str, file: str, custom: bool) -> None:
+        s = session(file, custom, spinning=True)
         weight_bytes = floors.initializer_bytes(os.path.join(folder, file))
         embeds = 0.02 * rng.standard_normal((1, prompt_length, dims["hidden"]), np.float32)
         layers, kv_heads = dims["layers"], int(man[M.K_DECODER]["num_key_value_heads"])
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
         need, computed = floors.decoder_work(dims, prompt_length, 0, weight_bytes)
         extra = {"sequence": prompt_length, "prefill_chunk": step, "graph_flops": computed}
-        record("decoder prefill", file, bench(prefill), need, **extra)
+        record(f"{label} prefill", file, bench(prefill), need, **extra)
 
         # one token after a full cache of random keys/values; the step rewrites the same slot
         cache = decoder.new_cache(prompt_length + 1)
@@ -219,8 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         need, computed = floors.decoder_work(dims, 1, prompt_length, weight_bytes)
         extra = {"past": prompt_length, "weight_bytes": weight_bytes, "graph_flops": computed}
         extra["tokens_per_s"] = 1.0 / summary(times)["median_s"]
-        record("decoder decode", file, times, need, **extra)
-        del s, cache, decoder
+        record(f"{label} decode", file, times, need, **extra)
+
+    if wanted("decoder"):
+        entry = stages[M.DECODER]
+        bench_decoder("decoder", entry[M.S_FILE], M.S_PORTABLE_FILE in entry)
+        gc.collect()
+        if entry.get(M.S_PORTABLE_FILE):  # onnxruntime's attention kernel, same weights
+            bench_decoder("decoder[portable]", entry[M.S_PORTABLE_FILE], False)
+            gc.collect()
 
     # the peaks again: the best of both measurements is the floor's peak
     for kind in peaks:

@@ -115,13 +115,21 @@ class TransformersEngine:
 
 class OnnxEngine:
     """The runtime's own decoder path (``mvgpt.runtime.pipeline.Decoder``): one preallocated KV
-    cache per prompt, bound as past and present, last-position logits only."""
+    cache per prompt, bound as past and present, last-position logits only. ``portable``: the
+    package's decoder without mvgpt ops (onnxruntime's GroupQueryAttention kernel)."""
 
     def __init__(
-        self, folder: Path, manifest: dict, threads: int, chunk: int, capacity: int
+        self,
+        folder: Path,
+        manifest: dict,
+        threads: int,
+        chunk: int,
+        capacity: int,
+        portable: bool = False,
     ) -> None:
         import onnxruntime as ort
 
+        from mvgpt import kernels
         from mvgpt.runtime.pipeline import PREFILL_CHUNK, Decoder
 
         options = ort.SessionOptions()
@@ -132,9 +140,11 @@ class OnnxEngine:
         self.embed = ort.InferenceSession(
             str(folder / stages["embed_tokens"]["file"]), options, ["CPUExecutionProvider"]
         )
-        session = ort.InferenceSession(
-            str(folder / stages["decoder"]["file"]), options, ["CPUExecutionProvider"]
-        )
+        entry = stages["decoder"]
+        file = entry["portable_file"] if portable else entry["file"]
+        if not portable and "portable_file" in entry:  # the main graph uses mvgpt's op
+            kernels.register(options, spinning=True)
+        session = ort.InferenceSession(str(folder / file), options, ["CPUExecutionProvider"])
         self.decoder = Decoder(session, manifest["decoder"])
         self.chunk = chunk or PREFILL_CHUNK
         self.capacity = capacity  # KV cache positions: prompt + decoded tokens

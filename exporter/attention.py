@@ -1,5 +1,8 @@
 """The decoder as it is exported: the reference Qwen2 layers with their attention core replaced by
-onnxruntime's ``com.microsoft.GroupQueryAttention`` (GQA).
+``mvgpt::GroupQueryAttention``: onnxruntime's ``com.microsoft.GroupQueryAttention`` (GQA) inputs,
+outputs and attributes, run by mvgpt's kernel library (kernels/attention.cc: its own kernel for a
+one-position step, onnxruntime's GQA kernel for everything else). The package's portable decoder
+is the same graph with the node in com.microsoft (kernels/portable.py).
 
 Why GQA: with the conventional ``present = Concat(past, new)`` every decoded token copies the
 whole cache (0.5b at 2450 positions: 60 MB per token, 22% of an int8 decode step). GQA writes the
@@ -37,9 +40,10 @@ from mvgpt.models.qwen2 import (
     grouped_attention,
     rotary_cos_sin,
 )
+from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN
 
-GQA_DOMAIN = "com.microsoft"
-GQA_OP = "GroupQueryAttention"
+GQA_DOMAIN = CUSTOM_OP_DOMAIN
+GQA_OP = CUSTOM_OP_ATTENTION
 
 
 def rotary_tables(cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,32 +56,35 @@ def rotary_tables(cfg) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _GroupQueryAttention(torch.autograd.Function):
-    """q (B,S,nh*hd), k/v (B,S,kvh*hd) before RoPE, past (B,kvh,P,hd), cos/sin tables
+    """qkv (B,S,(nh+2*kvh)*hd) packed before RoPE, past (B,kvh,P,hd), cos/sin tables
     (max_pos, hd/2) -> out (B,S,nh*hd), presents (B,kvh,P+S,hd) with rotated keys."""
 
     @staticmethod
-    def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total, cos, sin, num_heads, kv_heads):
-        batch, seq = q.shape[0], q.shape[1]
-        hd = q.shape[2] // num_heads
+    def forward(ctx, qkv, past_k, past_v, seqlens_k, total, cos, sin, num_heads, kv_heads):
+        batch, seq = qkv.shape[0], qkv.shape[1]
+        hd = qkv.shape[2] // (num_heads + 2 * kv_heads)
+        q, k, v = qkv.split([num_heads * hd, kv_heads * hd, kv_heads * hd], -1)
         start = past_k.shape[2]  # tracing/validation runs pass the exact past
         cos = torch.cat((cos, cos), -1)[start : start + seq]  # (S, hd), rotate-half layout
         sin = torch.cat((sin, sin), -1)[start : start + seq]
-        q = apply_rotary(q.view(batch, seq, num_heads, hd).transpose(1, 2), cos, sin)
-        k = apply_rotary(k.view(batch, seq, kv_heads, hd).transpose(1, 2), cos, sin)
-        v = v.view(batch, seq, kv_heads, hd).transpose(1, 2)
+        q = apply_rotary(q.reshape(batch, seq, num_heads, hd).transpose(1, 2), cos, sin)
+        k = apply_rotary(k.reshape(batch, seq, kv_heads, hd).transpose(1, 2), cos, sin)
+        v = v.reshape(batch, seq, kv_heads, hd).transpose(1, 2)
         keys, values = torch.cat((past_k, k), 2), torch.cat((past_v, v), 2)  # (B,kvh,T,hd)
         mask = torch.ones(batch, keys.shape[2], dtype=torch.int64)  # unpadded rows
         out = grouped_attention(q, keys, values, attention_bias(mask, seq))
         return out, keys, values
 
     @staticmethod
-    def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total, cos, sin, num_heads, kv_heads):
+    def symbolic(g, qkv, past_k, past_v, seqlens_k, total, cos, sin, num_heads, kv_heads):
         hd = int(cos.type().sizes()[1]) * 2
+        absent = g.op("prim::Constant")  # an empty input name: q, k and v come packed
+        absent.setType(torch._C.OptionalType.ofTensor())
         out, present_k, present_v = g.op(
             f"{GQA_DOMAIN}::{GQA_OP}",
-            q,
-            k,
-            v,
+            qkv,
+            absent,
+            absent,
             past_k,
             past_v,
             seqlens_k,
@@ -92,7 +99,7 @@ class _GroupQueryAttention(torch.autograd.Function):
             outputs=3,
         )
         # batch and lengths are dynamic; heads and widths are known
-        out.setType(q.type().with_sizes([None, None, num_heads * hd]))
+        out.setType(qkv.type().with_sizes([None, None, num_heads * hd]))
         present_k.setType(past_k.type().with_sizes([None, kv_heads, None, hd]))
         present_v.setType(past_v.type().with_sizes([None, kv_heads, None, hd]))
         return out, present_k, present_v
@@ -110,16 +117,12 @@ class GqaDecoder(nn.Module):
         self.register_buffer("rotary_sin", sin, persistent=False)
 
     def _attention(self, attn: Attention, x, past, seqlens_k, total):
-        # one MatMul for q, k and v: the input is read (and, quantized, quantized) once
+        # one MatMul for q, k and v: the input is read (and, quantized, quantized) once, and the
+        # attention op takes the product packed
         weight = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
         bias = torch.cat((attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias))
-        q, k, v = F.linear(x, weight, bias).split(
-            [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features], -1
-        )
         out, present_k, present_v = _GroupQueryAttention.apply(
-            q,
-            k,
-            v,
+            F.linear(x, weight, bias),
             past[0],
             past[1],
             seqlens_k,
@@ -133,8 +136,12 @@ class GqaDecoder(nn.Module):
 
     @staticmethod
     def _mlp(mlp, x):
-        """down(silu(gate(x)) * up(x)) with gate and up as one MatMul."""
-        gate, up = F.linear(x, torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))).chunk(2, -1)
+        """down(silu(gate(x)) * up(x)) with gate and up as one MatMul (split at a constant width:
+        ``chunk`` would trace to Shape/Gather/Div/Mul/Slice nodes run at every step)."""
+        width = mlp.gate_proj.out_features
+        gate, up = F.linear(x, torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))).split(
+            [width, width], -1
+        )
         return mlp.down_proj(F.silu(gate) * up)
 
     def forward(self, inputs_embeds, attention_mask, past_key_values, keep):

@@ -34,6 +34,19 @@ from mvgpt.runtime.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENE
 from mvgpt.runtime.prompt import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, SYSTEM_PROMPT
 
 PORTABLE_SUFFIX = "_portable"
+PORTABLE_STAGES = (M.VIDEO_MAMBA, M.DECODER)  # stages whose graph uses an mvgpt op
+
+
+def portable_name(stage: str) -> str:
+    return f"{stage}{PORTABLE_SUFFIX}.onnx"
+
+
+def write_twin(graph: Path, twin: Path) -> None:
+    """The portable decoder: ``graph`` with its attention nodes in com.microsoft
+    (kernels/portable.py), next to it and reading the same external data file."""
+    onnx.save_model(make_portable(onnx.load(str(graph), load_external_data=False)), str(twin))
+
+
 DEFAULT_MAX_NEW_TOKENS = 1024  # the official inference.py default
 
 Progress = Callable[[str], None]
@@ -121,8 +134,8 @@ def build_manifest(
             M.S_INPUTS: [t.to_dict() for t in spec.inputs],
             M.S_OUTPUTS: [t.to_dict() for t in spec.outputs],
         }
-        if spec.stage == M.VIDEO_MAMBA:
-            entry[M.S_PORTABLE_FILE] = files[spec.stage + PORTABLE_SUFFIX]
+        if spec.stage in PORTABLE_STAGES:
+            entry[M.S_PORTABLE_FILE] = portable_name(spec.stage)
         stages[spec.stage] = entry
     size = cfg.clip.image_size
     qwen = cfg.qwen
@@ -132,7 +145,10 @@ def build_manifest(
         M.K_PRECISION: precision,
         M.K_OPSET: OPSET,
         M.K_IR_VERSION: IR_VERSION,
-        M.K_CUSTOM_OPS: [{"domain": M.CUSTOM_OP_DOMAIN, "op_type": M.CUSTOM_OP_SCAN}],
+        M.K_CUSTOM_OPS: [
+            {"domain": M.CUSTOM_OP_DOMAIN, "op_type": op}
+            for op in (M.CUSTOM_OP_SCAN, M.CUSTOM_OP_ATTENTION)
+        ],
         M.K_STAGES: stages,
         M.K_PREPROCESS: {
             "clip": {
@@ -225,16 +241,18 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
         progress(f"[{n}/{len(specs)}] exporting {name}")
         export_graph(spec, staging / name)
         files[spec.stage] = name
-        if spec.stage == M.VIDEO_MAMBA:
-            portable = f"{spec.stage}{PORTABLE_SUFFIX}.onnx"
+        if spec.stage == M.VIDEO_MAMBA:  # its own weights: quantized like the main graph
+            portable = portable_name(spec.stage)
             save_model(make_portable(onnx.load(str(staging / name))), staging / portable)
             files[spec.stage + PORTABLE_SUFFIX] = portable
+        elif spec.stage == M.DECODER:
+            write_twin(staging / name, staging / portable_name(spec.stage))
     checks = []
     for spec in specs:
         progress(f"validating {files[spec.stage]}")
         checks.append(check_stage(spec, staging / files[spec.stage], custom_ops=True))
-        if spec.stage == M.VIDEO_MAMBA:
-            portable = staging / files[spec.stage + PORTABLE_SUFFIX]
+        if spec.stage in PORTABLE_STAGES:
+            portable = staging / portable_name(spec.stage)
             checks.append(check_stage(spec, portable, custom_ops=False))
     progress("validation:\n" + format_table(checks))
     raise_on_failures(checks)
@@ -256,7 +274,9 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
     if precision != "fp32":
         quant_checks = quantize_package(staging, files, precision, progress, min_cosine)
         manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks, min_cosine)
-    sizes = {name: graph_bytes(staging / name) for name in files.values()}
+        write_twin(staging / files[M.DECODER], staging / portable_name(M.DECODER))
+    twin = portable_name(M.DECODER)  # its bytes are the graph only: it reads decoder.onnx.data
+    sizes = {name: graph_bytes(staging / name) for name in (*files.values(), twin)}
     manifest[M.K_SIZES] = sizes
     (staging / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return checks

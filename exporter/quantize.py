@@ -261,7 +261,7 @@ def check_quantized(
     upstream: dict[str, np.ndarray] = {}  # fp32 encoder outputs, fed to the projectors
     checks = []
     for key, method in methods.items():
-        custom = key == M.VIDEO_MAMBA
+        custom = key in (M.VIDEO_MAMBA, M.DECODER)  # the graphs with mvgpt ops
         ref_sess = session(fp32_dir / files[key], custom_ops=custom)
         got_sess = session(quant_dir / files[key], custom_ops=custom)
         top1 = None

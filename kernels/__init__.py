@@ -1,9 +1,10 @@
-"""mvgpt.kernels: the ``mvgpt::SelectiveScan`` onnxruntime custom op.
+"""mvgpt.kernels: the onnxruntime custom ops ``mvgpt::SelectiveScan`` and
+``mvgpt::GroupQueryAttention``.
 
-Owns where the compiled library lives and how a session loads it. The C++ kernel is
-``selective_scan.cc`` (built by ``python -m mvgpt.kernels.build`` into ``lib/libmvgpt_ops.so``);
-``portable.py`` rewrites the op into standard ONNX ops for runtimes that cannot load it. No torch
-here: the runtime imports this package.
+Owns where the compiled library lives and how a session loads it. The C++ kernels are
+``selective_scan.cc`` and ``attention.cc`` (built by ``python -m mvgpt.kernels.build`` into
+``lib/libmvgpt_ops.so``); ``portable.py`` rewrites the ops into ops every onnxruntime has, for
+runtimes that cannot load the library. No torch here: the runtime imports this package.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from mvgpt.runtime.errors import KernelError
-from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
+from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
 
-DOMAIN = CUSTOM_OP_DOMAIN  # the op identity is defined once, in runtime/manifest.py
+DOMAIN = CUSTOM_OP_DOMAIN  # the op identities are defined once, in runtime/manifest.py
 OP_TYPE = CUSTOM_OP_SCAN
+ATTENTION_OP_TYPE = CUSTOM_OP_ATTENTION
 LIB_NAME = "libmvgpt_ops.so"
 LIB_ENV = "MVGPT_OPS_LIBRARY"  # optional override: an already-built library elsewhere
 
@@ -36,26 +38,28 @@ def library_path() -> str:
     path = _candidate()
     if not path.is_file():
         raise KernelError(
-            f"the SelectiveScan custom-op library is missing: expected {path}, got no file; "
+            f"the mvgpt custom-op library is missing: expected {path}, got no file; "
             "fix: build it with `python -m mvgpt.kernels.build` (needs g++), or set "
             f"{LIB_ENV} to a built {LIB_NAME}"
         )
     return str(path)
 
 
-# The op runs on its own thread pool; onnxruntime's intra-op workers, left spinning after each
-# node, would compete with it for the cores. Measured on 2 cores, int8 0.5b video_mamba.onnx,
-# interleaved: 1.45-1.52 s spinning, 1.20-1.25 s not (the decoder, without the op, is faster
-# spinning: its sessions keep the default).
+# SelectiveScan runs on its own thread pool; onnxruntime's intra-op workers, left spinning after
+# each node, would compete with it for the cores. Measured on 2 cores, int8 0.5b
+# video_mamba.onnx, interleaved: 1.45-1.52 s spinning, 1.20-1.25 s not. GroupQueryAttention runs
+# on onnxruntime's own pool, and the decoder is faster spinning (31-33 vs 34-38 ms per int8 step):
+# its sessions keep the default (spinning=True).
 NO_SPINNING = ("session.intra_op.allow_spinning", "0")
 
 
-def register(session_options: Any) -> Any:
-    """Load the library into an ``onnxruntime.SessionOptions`` and turn off onnxruntime's
-    intra-op spinning for that session (see NO_SPINNING); returns the same options."""
+def register(session_options: Any, spinning: bool = False) -> Any:
+    """Load the library into an ``onnxruntime.SessionOptions``; unless ``spinning``, also turn off
+    onnxruntime's intra-op spinning for that session (see NO_SPINNING). Returns the options."""
     try:
         session_options.register_custom_ops_library(library_path())
-        session_options.add_session_config_entry(*NO_SPINNING)
+        if not spinning:
+            session_options.add_session_config_entry(*NO_SPINNING)
     except KernelError:
         raise
     except Exception as e:  # onnxruntime raises its own Fail/RuntimeException types

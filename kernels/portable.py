@@ -1,4 +1,9 @@
-"""The portable SelectiveScan: ``mvgpt::SelectiveScan`` rewritten into standard ONNX ops.
+"""The portable graphs: mvgpt's custom ops rewritten into ops every onnxruntime build has.
+
+``mvgpt::GroupQueryAttention`` takes com.microsoft.GroupQueryAttention's inputs and attributes,
+so its portable form is that op (the node's domain changes, nothing else).
+
+``mvgpt::SelectiveScan`` becomes standard ONNX ops.
 
 Owns the decomposition used where the custom-op library cannot be loaded (other execution
 providers, other runtimes): elementwise pre/post-processing over the whole sequence plus one ONNX
@@ -9,7 +14,7 @@ providers, other runtimes): elementwise pre/post-processing over the whole seque
                  y_t = h @ C_t[..., None]                    (B, D)
     y = y + D[:, None] * u;  y = y * z * sigmoid(z)
 
-Public: ``make_portable(model)`` replaces every SelectiveScan node of the main graph, and
+Public: ``make_portable(model)`` replaces every mvgpt node of the main graph, and
 ``scan_model(...)`` builds a one-node test model (custom op or portable). No torch here.
 """
 
@@ -20,7 +25,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mvgpt.runtime.errors import KernelError
-from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
+from mvgpt.runtime.manifest import (
+    CUSTOM_OP_ATTENTION,
+    CUSTOM_OP_DOMAIN,
+    CUSTOM_OP_SCAN,
+    ORT_CONTRIB_DOMAIN,
+)
 
 DOMAIN = CUSTOM_OP_DOMAIN  # the op identity is defined once, in runtime/manifest.py
 OP_TYPE = CUSTOM_OP_SCAN
@@ -169,9 +179,18 @@ def _is_scan(node: onnx.NodeProto) -> bool:
 
 def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` with every mvgpt::SelectiveScan node of the main graph replaced by
-    standard ONNX ops; the ``mvgpt`` opset import is dropped when no custom node remains."""
+    standard ONNX ops and every mvgpt::GroupQueryAttention node moved to com.microsoft; the
+    ``mvgpt`` opset import is dropped when no custom node remains. A model loaded without its
+    external data keeps referring to the same data file."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    attention = [
+        n for n in out.graph.node if n.domain == DOMAIN and n.op_type == CUSTOM_OP_ATTENTION
+    ]
+    for node in attention:
+        node.domain = ORT_CONTRIB_DOMAIN
+    if attention and not any(o.domain == ORT_CONTRIB_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(ORT_CONTRIB_DOMAIN, 1))
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 0)
     if any(_is_scan(n) for n in out.graph.node) and opset < 13:
         raise KernelError(

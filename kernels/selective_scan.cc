@@ -31,6 +31,8 @@
 #include <thread>
 #include <vector>
 
+#include "ops.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #define MVGPT_X86 1
 #include <immintrin.h>
@@ -48,11 +50,6 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int64_t kChunk = 64;  // time steps per tile: the block's tiles stay in L1
 
-// 2^f on [0, 1), degree 5, fitted for relative error (max 1.7e-7 evaluated in fp32).
-constexpr float kP0 = 0.9999999403953552f, kP1 = 0.6931530833244324f, kP2 = 0.24015362560749054f,
-                kP3 = 0.05582631379365921f, kP4 = 0.008989344350993633f,
-                kP5 = 0.0018775751814246178f;
-
 struct ScanArgs {
   int64_t batch, dim, length, state;
   const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
@@ -62,7 +59,8 @@ struct ScanArgs {
 
 inline float silu_scalar(float z) { return z / (1.0f + std::exp(-z)); }
 
-#include "selective_scan_simd.h"  // namespaces scalar, avx2, avx512: V + scan_block
+#define MVGPT_SIMD_IMPL "selective_scan_impl.h"
+#include "simd.h"  // namespaces scalar, avx2, avx512: V + scan_block
 
 
 // ---------------------------------------------------------------- dispatch and threads
@@ -354,12 +352,14 @@ struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel,
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-// One domain for every session: it must outlive them, so it is made once and never freed.
+// One domain for every session, holding every op of the library: it must outlive the sessions,
+// so it is made once and never freed.
 Ort::CustomOpDomain& domain() {
   static SelectiveScanOp op;
   static Ort::CustomOpDomain* d = [] {
     auto* made = new Ort::CustomOpDomain("mvgpt");
     made->Add(&op);
+    made->Add(group_query_attention_op());
     return made;
   }();
   return *d;

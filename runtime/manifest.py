@@ -5,7 +5,8 @@ Layout of a package folder::
 
     manifest.json  tokenizer.json  clip_vision.onnx  frame_scorer.onnx  video_mamba.onnx
     video_mamba_portable.onnx  image_projector.onnx  video_projector.onnx  embed_tokens.onnx
-    decoder.onnx  (+ *.onnx.data external weights)
+    decoder.onnx  decoder_portable.onnx  (+ *.onnx.data external weights; decoder_portable.onnx
+    reads decoder.onnx.data)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ Q_TOP1 = "top1_agreement"  # decoder only: argmax of logits agrees with fp32
 
 # keys of a stage entry
 S_FILE = "file"
-S_PORTABLE_FILE = "portable_file"  # only video_mamba: the graph without the custom op
+S_PORTABLE_FILE = "portable_file"  # video_mamba and decoder: the graph without mvgpt ops
 S_INPUTS = "inputs"  # [{name, dtype, shape}] ; shape items are ints or symbolic names
 S_OUTPUTS = "outputs"
 S_NAME = "name"
@@ -80,7 +81,10 @@ STAGES = (
 NUM_LOGITS_TO_KEEP = "num_logits_to_keep"  # decoder input: logits of the last k only, 0: all
 
 # the decoder's attention and cache convention (manifest "decoder" entry)
-DECODER_ATTENTION = "com.microsoft.GroupQueryAttention"
+DECODER_ATTENTION = (
+    "mvgpt.GroupQueryAttention (com.microsoft.GroupQueryAttention's inputs and attributes; "
+    "portable_file: com.microsoft.GroupQueryAttention)"
+)
 DECODER_KV_CACHE = (
     "past_key_values.* may be a buffer longer than the positions in use; attention_mask has one "
     "column per position in use (all ones: rows unpadded), and the new positions follow the "
@@ -90,6 +94,8 @@ DECODER_KV_CACHE = (
 
 CUSTOM_OP_DOMAIN = "mvgpt"
 CUSTOM_OP_SCAN = "SelectiveScan"
+CUSTOM_OP_ATTENTION = "GroupQueryAttention"  # com.microsoft's op, own decode kernel
+ORT_CONTRIB_DOMAIN = "com.microsoft"  # where the portable decoder's attention op lives
 
 
 def past_key_name(layer: int) -> str:

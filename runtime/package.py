@@ -1,10 +1,10 @@
 """Loading a model package folder: manifest.json -> one onnxruntime session per stage.
 
 Owns the manifest checks (folder, JSON, schema version, required keys, graph files), the
-execution-provider choice, the SelectiveScan custom-op library (or the portable video_mamba graph
-when the library is missing or cannot be loaded), and the load-time check of every session's real
-inputs and outputs against the manifest, reported all at once in one PackageError. ORT loads the
-``*.onnx.data`` external weights from beside each graph.
+execution-provider choice, the mvgpt custom-op library (or the portable video_mamba and decoder
+graphs when the library is missing or cannot be loaded), and the load-time check of every
+session's real inputs and outputs against the manifest, reported all at once in one
+PackageError. ORT loads the ``*.onnx.data`` external weights from beside each graph.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ class Package:
     tokenizer: tokenizers.Tokenizer
     sessions: dict[str, ort.InferenceSession]
     provider: str
-    custom_ops: bool  # True: video_mamba runs the SelectiveScan custom op
+    custom_ops: bool  # True: video_mamba and the decoder run mvgpt's ops (not portable graphs)
     notes: list[str] = field(default_factory=list)  # things the user should hear once
 
     @property
@@ -276,12 +276,14 @@ def load_package(folder: str | Path, provider: str = "cpu", threads: int | None 
     notes: list[str] = []
     stages = data[M.K_STAGES]
     sessions: dict[str, ort.InferenceSession] = {}
-    custom_ops = False
+    uses_ops: dict[str, bool] = {}
     for stage in M.STAGES:
         options = _session_options(threads)
         file = stages[stage][M.S_FILE]
-        if stage == M.VIDEO_MAMBA:
-            custom_ops, file = _video_mamba_file(folder, stages[stage], options, provider, notes)
+        if stage in CUSTOM_OP_STAGES:
+            uses_ops[stage], file = _custom_op_file(
+                stage, folder, stages[stage], options, provider, notes
+            )
         sessions[stage] = _open(folder / file, options, providers)
     problems = []
     for stage, session in sessions.items():
@@ -298,30 +300,42 @@ def load_package(folder: str | Path, provider: str = "cpu", threads: int | None 
             f"{str(folder)!r}: the graphs do not match manifest.json ({len(problems)} "
             f"mismatches: {'; '.join(problems)}); {_FIX_EXPORT}"
         )
+    custom_ops = all(uses_ops.values())
     return Package(folder, data, tokenizer, sessions, provider, custom_ops, notes)
 
 
-def _video_mamba_file(
-    folder: Path, entry: dict, options: ort.SessionOptions, provider: str, notes: list[str]
+# the stages whose graphs use mvgpt ops, and the op each needs
+CUSTOM_OP_STAGES = {M.VIDEO_MAMBA: M.CUSTOM_OP_SCAN, M.DECODER: M.CUSTOM_OP_ATTENTION}
+
+
+def _custom_op_file(
+    stage: str,
+    folder: Path,
+    entry: dict,
+    options: ort.SessionOptions,
+    provider: str,
+    notes: list[str],
 ) -> tuple[bool, str]:
-    """(custom_ops, file): the custom-op graph when the library loads (CPU), else portable."""
+    """(custom_ops, file): the custom-op graph when the library loads (CPU), else portable.
+    The decoder's op runs on onnxruntime's thread pool, so its session keeps spinning on."""
+    op = CUSTOM_OP_STAGES[stage]
     portable = entry.get(M.S_PORTABLE_FILE)
     has_portable = isinstance(portable, str) and (folder / portable).is_file()
     try:
         if not kernels.is_available():
-            reason = "the SelectiveScan custom-op library is not built"
+            reason = "the mvgpt custom-op library is not built"
         elif provider != "cpu" and has_portable:
-            reason = f"the SelectiveScan kernel is CPU-only and the provider is {provider}"
+            reason = f"the {op} kernel is CPU-only and the provider is {provider}"
         else:
-            kernels.register(options)
+            kernels.register(options, spinning=stage == M.DECODER)
             return True, entry[M.S_FILE]
     except KernelError as e:
         reason = str(e)
     if not has_portable:
         raise KernelError(
-            f"video_mamba needs the SelectiveScan custom op and the package has no portable "
-            f"graph: expected {kernels.LIB_NAME} or {portable!r}, got neither ({reason}); "
+            f"{stage} needs the {op} custom op and the package has no portable graph: "
+            f"expected {kernels.LIB_NAME} or {portable!r}, got neither ({reason}); "
             "fix: build it with `python -m mvgpt.kernels.build`"
         )
-    notes.append(f"video_mamba runs the portable graph ({reason}; slower)")
+    notes.append(f"{stage} runs the portable graph ({reason}; slower)")
     return False, portable

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from mvgpt import kernels
 from mvgpt.exporter.package import export_package
 from mvgpt.runtime import manifest as M
 from tests.packages import assert_graphs_match_manifest
@@ -47,6 +48,7 @@ def test_every_graph_validates(package):
         "video_projector.onnx",
         "embed_tokens.onnx",
         "decoder.onnx",
+        "decoder_portable.onnx",
     }
     assert all(c.ok and c.max_rel_diff < 1e-4 for c in checks)
 
@@ -56,17 +58,31 @@ def test_manifest_describes_every_graph(package):
     manifest = json.loads((out / M.MANIFEST_FILE).read_text())
     assert manifest[M.K_SOURCE]["random_weights"] is True
     assert set(manifest[M.K_STAGES]) == set(M.STAGES)
-    assert len(assert_graphs_match_manifest(out, manifest)) == 8
+    assert len(assert_graphs_match_manifest(out, manifest)) == 9
+    twin = manifest[M.K_STAGES][M.DECODER][M.S_PORTABLE_FILE]
+    assert not (out / f"{twin}.data").exists()  # it reads decoder.onnx.data
+    assert manifest[M.K_SIZES][twin] == (out / twin).stat().st_size
     assert manifest[M.K_VISUAL]["num_visual_tokens"] == 2402
     assert (out / M.TOKENIZER_FILE).is_file()
     assert not list(out.parent.glob(".pkg.partial-*"))
 
 
-def test_decoder_cached_steps_equal_one_full_pass(package):
+DECODER_FILES = ["decoder.onnx", "decoder_portable.onnx"]  # mvgpt's attention op, onnxruntime's
+
+
+def _decoder_session(out, name):
+    options = ort.SessionOptions()
+    if name == "decoder.onnx":
+        kernels.register(options, spinning=True)
+    return ort.InferenceSession(str(out / name), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name", DECODER_FILES)
+def test_decoder_cached_steps_equal_one_full_pass(package, name):
     out, _ = package
     manifest = json.loads((out / M.MANIFEST_FILE).read_text())
     dec = manifest[M.K_DECODER]
-    sess = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    sess = _decoder_session(out, name)
     rng = np.random.default_rng(0)
     total = 9
     embeds = rng.standard_normal((1, total, dec["hidden_size"]), dtype=np.float32)
@@ -172,12 +188,13 @@ def _decoder_feeds(dec, embeds, start, keep):
     }
 
 
-def test_decoder_num_logits_to_keep(package):
+@pytest.mark.parametrize("name", DECODER_FILES)
+def test_decoder_num_logits_to_keep(package, name):
     out, _ = package
     manifest = json.loads((out / M.MANIFEST_FILE).read_text())
     dec = manifest[M.K_DECODER]
     assert dec["attention"] == M.DECODER_ATTENTION
-    sess = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    sess = _decoder_session(out, name)
     empty = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_dim"]), np.float32)
     embeds = np.random.default_rng(1).standard_normal((1, 6, dec["hidden_size"]), np.float32)
     feeds = _decoder_feeds(dec, embeds, 0, 0)
@@ -190,14 +207,15 @@ def test_decoder_num_logits_to_keep(package):
     assert full.shape[1] == 6 and last.shape[1] == 1 and diff < 1e-5
 
 
-def test_decoder_writes_a_shared_cache_buffer_in_place(package):
+@pytest.mark.parametrize("name", DECODER_FILES)
+def test_decoder_writes_a_shared_cache_buffer_in_place(package, name):
     """past and present bound to one preallocated buffer (the runtime's way): a prefill chunk
     and cached steps give the logits of one full pass, the buffer holds exactly the keys and
     values of an unshared run, and the positions not yet used stay untouched."""
     out, _ = package
     dec = json.loads((out / M.MANIFEST_FILE).read_text())[M.K_DECODER]
     layers, kvh, hd = dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_dim"]
-    sess = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    sess = _decoder_session(out, name)
     total, capacity = 9, 16
     embeds = np.random.default_rng(2).standard_normal((1, total, dec["hidden_size"]), np.float32)
     empty = np.zeros((1, kvh, 0, hd), np.float32)
