@@ -234,12 +234,33 @@ class Package:
         return bool(isinstance(source, dict) and source.get("random_weights"))
 
 
+# One CPU memory arena for every session of the process, instead of one per session: the stages
+# run one after another, so each reuses what the previous one freed. Measured (int8 0.5b
+# package, 3 answers in one process, 2 threads): peak RSS 1496 MiB with per-session arenas (the
+# second answer grows them by ~230 MiB), 1207-1255 MiB shared; ttft and decode unchanged.
+SHARED_ARENA = ("session.use_env_allocators", "1")
+_shared_arena_registered = False
+
+
+def _register_shared_arena() -> None:
+    """Register onnxruntime's process-wide CPU arena (default settings) once per process."""
+    global _shared_arena_registered
+    if not _shared_arena_registered:
+        info = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+        _shared_arena_registered = True
+
+
 def _session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    _register_shared_arena()
+    options.add_session_config_entry(*SHARED_ARENA)
     return options
 
 

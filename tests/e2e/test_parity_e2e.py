@@ -1,6 +1,6 @@
 """The runtime Pipeline against the PyTorch reference on the same random tiny checkpoint: the
 same selected frames and the same generated token ids, with the SelectiveScan custom op and with
-the portable video_mamba graph.
+the portable video_mamba and decoder graphs.
 
 Shared by both sides on purpose (each tested on its own in tests/unit against PIL, transformers'
 processors and hand-computed sampling): video decoding, preprocessing, prompt ids and the
@@ -77,7 +77,8 @@ def test_long_portrait_video_matches_reference(reference, pipeline, long_portrai
 @pytest.mark.parametrize("case", ["greedy_penalty", "sampled"])
 def test_portable_graph_matches_reference(reference, portable_pipeline, clip_mp4, case):
     assert not portable_pipeline.package.custom_ops
-    assert any("portable" in note for note in portable_pipeline.notes)
+    portable = [note.split()[0] for note in portable_pipeline.notes if "portable" in note]
+    assert portable == ["video_mamba", "decoder"]
     _compare(reference, portable_pipeline, clip_mp4, case)
 
 

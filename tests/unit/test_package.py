@@ -112,12 +112,23 @@ def test_portable_fallback_without_the_library(tiny_package, tmp_path, monkeypat
     monkeypatch.setenv("MVGPT_OPS_LIBRARY", str(tmp_path / "absent.so"))
     package = load_package(tiny_package, threads=1)
     assert not package.custom_ops
-    assert any("portable" in note and "not built" in note for note in package.notes)
+    portable = [note.split()[0] for note in package.notes if "portable" in note]
+    assert portable == ["video_mamba", "decoder"]
+    assert all("not built" in note for note in package.notes)
     inputs = [i.name for i in package.sessions["video_mamba"].get_inputs()]
     assert inputs == ["pixel_values"]
-    no_portable = _copy(
-        tiny_package, tmp_path / "no_portable", lambda m: m["stages"]["video_mamba"].pop(
-            "portable_file")
-    )  # fmt: skip
-    with pytest.raises(KernelError, match="no portable graph"):
-        load_package(no_portable)
+    for stage, op in (("video_mamba", "SelectiveScan"), ("decoder", "GroupQueryAttention")):
+        no_portable = _copy(
+            tiny_package, tmp_path / f"no_portable_{stage}", lambda m, s=stage: m["stages"][s].pop(
+                "portable_file")
+        )  # fmt: skip
+        with pytest.raises(KernelError, match=f"{stage} needs the {op} custom op.*no portable"):
+            load_package(no_portable)
+
+
+def test_sessions_share_one_cpu_arena():
+    """every stage's session allocates from the process-wide arena (see SHARED_ARENA)"""
+    from mvgpt.runtime.package import SHARED_ARENA, _session_options
+
+    options = _session_options(2)
+    assert options.get_session_config_entry(SHARED_ARENA[0]) == SHARED_ARENA[1] == "1"
