@@ -3,7 +3,8 @@
 Stages: clip_vision (16 frames), frame_scorer, video_mamba with the SelectiveScan custom op and
 the portable Scan graph (interleaved), image/video projectors, embed_tokens (the prompt's text
 ids), decoder prefill at the real prompt length (~2450, in the runtime's chunks) and one decode
-step after that past. Each stage's floor is the larger of its matrix FLOPs over a MEASURED peak
+step after that past, with mvgpt's attention op and with the portable decoder (onnxruntime's).
+Each stage's floor is the larger of its matrix FLOPs over a MEASURED peak
 (an ORT MatMul / MatMulInteger 2450x896x4864 product, measured before and after the stages, best
 kept) and its bytes over a MEASURED memory bandwidth (numpy copy); see floors.py.
 

@@ -1,8 +1,9 @@
 """``export_package``: checkpoint folders -> a validated model package folder.
 
 Order of work: check both folders strictly (before any heavy work), load the reference, trace
-every stage (VideoMamba with the ``mvgpt::SelectiveScan`` op, plus a portable variant), validate
-each graph against torch, quantize where asked, then write tokenizer.json and manifest.json. The
+every stage (VideoMamba with the ``mvgpt::SelectiveScan`` op and the decoder with
+``mvgpt::GroupQueryAttention``, each plus a portable variant), validate each graph against
+torch, quantize where asked, then write tokenizer.json and manifest.json. The
 package is assembled in a hidden sibling folder and moved into place only when complete, so a
 failed export never leaves a folder that looks valid.
 """

@@ -1,4 +1,4 @@
-"""Build the SelectiveScan custom-op library: ``python -m mvgpt.kernels.build``.
+"""Build the mvgpt custom-op library: ``python -m mvgpt.kernels.build``.
 
 Owns the one build step of mvgpt: find onnxruntime's C/C++ headers, then compile
 ``selective_scan.cc`` with ``g++ -O3 -shared -fPIC`` into ``kernels/lib/libmvgpt_ops.so``. The
@@ -185,7 +185,7 @@ def build(force: bool = False, verbose: bool = False) -> Path:
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         raise KernelError(
-            f"compiling the SelectiveScan kernel failed (exit {run.returncode}) with headers "
+            f"compiling the mvgpt kernels failed (exit {run.returncode}) with headers "
             f"from {include}:\n{run.stderr[-4000:]}\nfix: check the compiler (C++17 needed) "
             "and the headers (set ORT_INCLUDE_DIR)"
         )

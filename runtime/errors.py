@@ -26,7 +26,7 @@ class ExportError(MvgptError):
 
 
 class KernelError(MvgptError):
-    """The SelectiveScan custom-op library is missing or cannot be built/loaded."""
+    """The mvgpt custom-op library is missing or cannot be built/loaded."""
 
 
 def error_line(prog: str, error: BaseException) -> str:
