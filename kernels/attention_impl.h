@@ -3,16 +3,17 @@
 //
 // Included by attention.cc through simd.h once per instruction set, inside a namespace that
 // defines `V` and under the matching `#pragma GCC target`, so it includes nothing itself. It
-// needs head_dim % W == 0 (the dispatcher falls back to the scalar namespace otherwise) and
-// AttnArgs from attention.cc.
+// needs AttnArgs from attention.cc.
 //
-// For one (batch row b, kv head g) and the r = num_heads / kv_heads query heads that share it:
-//   1. rotate the new key (RoPE, rotate-half) into present_key[b, g, pos], copy the new value to
-//      present_value[b, g, pos] (pos = seqlens_k[b]); rotate the r queries, scaled by
-//      scale * log2(e) so that the softmax is a plain 2^x;
-//   2. scores s[j][t] = q_j . k_t for t = 0..pos, every key row read once for all r heads;
-//   3. p = 2^(s - max), per head;
-//   4. out_j = sum_t p[j][t] v_t / sum_t p[j][t], value rows read once and in order with the
+// attend_part handles the r = num_heads / kv_heads query heads of one (batch row b, kv head g)
+// over one range of its cached positions (attention.cc splits long caches into ranges for more
+// threads, then merges the ranges' partial softmaxes):
+//   1. its rows of the cache: past rows copied to present when the buffers differ; the range that
+//      ends at pos = seqlens_k[b] writes the new key (RoPE, rotate-half) and value there;
+//   2. the r queries rotated and scaled by scale * log2(e), so that the softmax is a plain 2^x;
+//   3. scores s[j][t] = q_j . k_t, every key row read once for all r heads;
+//   4. p = 2^(s - max), per head, and its sum;
+//   5. out_j = sum_t p[j][t] v_t (unnormalized), value rows read once and in order with the
 //      accumulators in registers where head_dim is 4 or 8 vectors (see weighted_values).
 
 constexpr int kLanes = V::W;
@@ -81,8 +82,8 @@ void weighted_values(const float* p, int64_t ldp, const float* values, int64_t T
   weighted_values_columns<NJ>(p, ldp, values, T, hd, inv, out);
 }
 
-// s <- 2^(s - max s) in place; returns the sum
-inline float exp2_normalize(float* s, int64_t T) {
+// s <- 2^(s - max s) in place; returns the sum, and the max in *max_out
+inline float exp2_shifted(float* s, int64_t T, float* max_out) {
   const int64_t full = T - T % V::W;
   float mx = -INFINITY;
   if (full > 0) {
@@ -103,28 +104,33 @@ inline float exp2_normalize(float* s, int64_t T) {
     s[t] = std::exp2(s[t] - mx);
     total += s[t];
   }
+  *max_out = mx;
   return total;
 }
 
+// nj heads over T keys: unnormalized out (nj x hd) = sum_t 2^(s_t - m) v_t, and per head
+// stats[2j] = m (max score, log2 units), stats[2j + 1] = sum_t 2^(s_t - m)
 template <int NJ>
 void group_block(const float* q, const float* keys, const float* values, int64_t T, int64_t hd,
-                 float* s, float* out) {
+                 float* s, float* out, float* stats) {
   scores<NJ>(q, keys, T, hd, s, T);
-  float inv[NJ];
-  for (int j = 0; j < NJ; ++j) inv[j] = 1.0f / exp2_normalize(s + j * T, T);
-  weighted_values<NJ>(s, T, values, T, hd, inv, out);
+  float one[NJ];
+  for (int j = 0; j < NJ; ++j) {
+    stats[2 * j + 1] = exp2_shifted(s + j * T, T, &stats[2 * j]);
+    one[j] = 1.0f;
+  }
+  weighted_values<NJ>(s, T, values, T, hd, one, out);
 }
 
 using GroupBlockFn = void (*)(const float*, const float*, const float*, int64_t, int64_t, float*,
-                              float*);
+                              float*, float*);
 constexpr GroupBlockFn kGroupBlocks[kMaxGroup] = {
     group_block<1>, group_block<2>, group_block<3>, group_block<4>,
     group_block<5>, group_block<6>, group_block<7>, group_block<8>};
 
-// Floats of scratch one call of decode_group needs.
-inline int64_t scratch_floats(const AttnArgs& a, int64_t T) {
-  const int64_t r = a.num_heads / a.kv_heads;
-  return r * a.head_dim + kMaxGroup * T;
+// Floats of scratch one attend_part call over `keys` keys needs.
+inline int64_t scratch_floats(const AttnArgs& a, int64_t keys) {
+  return (a.num_heads / a.kv_heads) * a.head_dim + kMaxGroup * (keys + a.head_dim);
 }
 
 // rotate-half RoPE of x (hd) at table row c/s (hd/2 each), times `mul`, into y
@@ -138,31 +144,38 @@ inline void rotate(const float* x, const float* c, const float* s, int64_t hd, f
   }
 }
 
-// The step of one batch row b and kv head g; scratch holds scratch_floats(a, pos + 1) floats.
-inline void decode_group(const AttnArgs& a, int64_t b, int64_t g, float* scratch) {
+// The r query heads of batch row b, kv head g over keys [t0, t1) of its T = seqlens_k[b] + 1:
+// first the rows this range owns - past rows copied into present when not in place, and the new
+// key (rotated) and value at row T - 1 when the range ends there - then part = r blocks of
+// (hd unnormalized outputs, max score, sum of 2^(score - max)). scratch: scratch_floats(a, t1 - t0).
+inline void attend_part(const AttnArgs& a, int64_t b, int64_t g, int64_t t0, int64_t t1,
+                        float* scratch, float* part) {
   const int64_t hd = a.head_dim, r = a.num_heads / a.kv_heads;
-  const int64_t pos = a.seqlens_k[b], T = pos + 1;
+  const int64_t pos = a.seqlens_k[b], n = t1 - t0;
   const float* cs = a.cos != nullptr ? a.cos + pos * (hd / 2) : nullptr;
   const float* sn = a.sin != nullptr ? a.sin + pos * (hd / 2) : nullptr;
   const int64_t row = (b * a.kv_heads + g) * a.present_len;  // first row of (b, g) in present
   float* keys = a.present_key + row * hd;
   float* values = a.present_value + row * hd;
-  if (a.past_key != nullptr && a.past_key != a.present_key && pos > 0) {  // not in place: copy
+  const int64_t past_end = t1 < pos ? t1 : pos;
+  if (a.past_key != a.present_key && past_end > t0) {  // not in place: this range's past rows
     const int64_t past_row = (b * a.kv_heads + g) * a.past_len;
-    std::memcpy(keys, a.past_key + past_row * hd, sizeof(float) * pos * hd);
-    std::memcpy(values, a.past_value + past_row * hd, sizeof(float) * pos * hd);
+    std::memcpy(keys + t0 * hd, a.past_key + (past_row + t0) * hd, sizeof(float) * (past_end - t0) * hd);
+    std::memcpy(values + t0 * hd, a.past_value + (past_row + t0) * hd,
+                sizeof(float) * (past_end - t0) * hd);
   }
-  const float* k_new = a.key + b * a.kv_stride + g * hd;
-  const float* v_new = a.value + b * a.kv_stride + g * hd;
-  if (cs != nullptr) {
-    rotate(k_new, cs, sn, hd, 1.0f, keys + pos * hd);
-  } else {
-    std::memcpy(keys + pos * hd, k_new, sizeof(float) * hd);
+  if (t1 == pos + 1) {  // the range holding the new position writes it
+    const float* k_new = a.key + b * a.kv_stride + g * hd;
+    if (cs != nullptr) {
+      rotate(k_new, cs, sn, hd, 1.0f, keys + pos * hd);
+    } else {
+      std::memcpy(keys + pos * hd, k_new, sizeof(float) * hd);
+    }
+    std::memcpy(values + pos * hd, a.value + b * a.kv_stride + g * hd, sizeof(float) * hd);
   }
-  std::memcpy(values + pos * hd, v_new, sizeof(float) * hd);
-
-  float* q = scratch;  // r x hd rotated, scaled queries
-  float* s = scratch + r * hd;  // kMaxGroup x T scores
+  float* q = scratch;  // r x hd rotated queries, scaled by scale * log2(e)
+  float* s = q + r * hd;  // kMaxGroup x n scores
+  float* out = s + kMaxGroup * n;  // kMaxGroup x hd unnormalized outputs
   const float mul = a.scale * kLog2e;
   for (int64_t j = 0; j < r; ++j) {
     const float* qj = a.query + b * a.q_stride + (g * r + j) * hd;
@@ -172,9 +185,15 @@ inline void decode_group(const AttnArgs& a, int64_t b, int64_t g, float* scratch
       for (int64_t i = 0; i < hd; ++i) q[j * hd + i] = qj[i] * mul;
     }
   }
-  float* out = a.output + (b * a.num_heads + g * r) * hd;
+  float stats[2 * kMaxGroup];
   for (int64_t j0 = 0; j0 < r; j0 += kMaxGroup) {
     const int64_t nj = r - j0 < kMaxGroup ? r - j0 : kMaxGroup;
-    kGroupBlocks[nj - 1](q + j0 * hd, keys, values, T, hd, s, out + j0 * hd);
+    kGroupBlocks[nj - 1](q + j0 * hd, keys + t0 * hd, values + t0 * hd, n, hd, s, out, stats);
+    for (int64_t j = 0; j < nj; ++j) {
+      float* dst = part + (j0 + j) * (hd + 2);
+      std::memcpy(dst, out + j * hd, sizeof(float) * hd);
+      dst[hd] = stats[2 * j];
+      dst[hd + 1] = stats[2 * j + 1];
+    }
   }
 }

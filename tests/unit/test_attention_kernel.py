@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
 
-MAX_POS = 512
+MAX_POS = 4096  # rotary table rows: room for the long-cache test
 THETA = 10000.0
 
 
@@ -244,3 +244,19 @@ def test_position_beyond_a_separate_past_is_an_error():
     f = feeds(np.random.default_rng(7), nh, kvh, hd, [10], 8, packed=True)  # 8 past rows, pos 10
     with pytest.raises(Exception, match="needs that many past positions"):
         session(model(nh, kvh, hd, True)).run(None, f)
+
+
+@pytest.mark.parametrize("isa", isas())
+def test_long_cache_split_into_ranges_matches_naive(monkeypatch, isa):
+    """a cache of 2101 positions runs as 4 ranges merged (attention.cc: kMinRangeKeys 512); the
+    short row (3 positions) leaves a range empty"""
+    monkeypatch.setenv("MVGPT_ATTENTION_ISA", isa)
+    nh, kvh, hd = 14, 2, 64
+    f = feeds(np.random.default_rng(8), nh, kvh, hd, lengths=[2100, 2], cache=2200, packed=True)
+    out, present_k, _ = session(model(nh, kvh, hd, True)).run(None, f)
+    want, new_k, _ = naive_step(f, nh, kvh, hd, True)
+    diff = float(np.abs(out - want).max())
+    print(f"{isa}: max |out - naive| {diff:.2e}")
+    assert diff < 2e-5
+    for b, pos in enumerate(f["sl"]):
+        np.testing.assert_allclose(present_k[b, :, pos], new_k[b], atol=1e-5)
