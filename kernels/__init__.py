@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from mvgpt.runtime.errors import KernelError
-from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
+from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
 
 DOMAIN = CUSTOM_OP_DOMAIN  # the op identities are defined once, in runtime/manifest.py
 OP_TYPE = CUSTOM_OP_SCAN
-ATTENTION_OP_TYPE = CUSTOM_OP_ATTENTION
 LIB_NAME = "libmvgpt_ops.so"
 LIB_ENV = "MVGPT_OPS_LIBRARY"  # optional override: an already-built library elsewhere
 

@@ -22,9 +22,7 @@
 // Attributes: num_heads, kv_num_heads, scale (0: 1/sqrt(hd)), do_rotary, rotary_interleaved,
 // local_window_size, softcap.
 
-#define ORT_API_MANUAL_INIT
-#include "onnxruntime_cxx_api.h"
-#undef ORT_API_MANUAL_INIT
+#include "common.h"  // onnxruntime's C++ API (manual init), MVGPT_X86, shared helpers
 
 #include <algorithm>
 #include <cmath>
@@ -34,17 +32,10 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define MVGPT_X86 1
-#include <immintrin.h>
-#endif
-
 #include "ops.h"
 
 namespace mvgpt {
 namespace {
-
-constexpr float kLog2e = 1.4426950408889634f;
 
 struct AttnArgs {
   int64_t batch, num_heads, kv_heads, head_dim, past_len, present_len;
@@ -59,8 +50,6 @@ struct AttnArgs {
 #include "simd.h"  // namespaces scalar, avx2, avx512: V + attend_part
 
 struct Isa {
-  const char* name;
-  int lanes;
   void (*attend)(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*, float*);
   int64_t (*scratch)(const AttnArgs&, int64_t);
 };
@@ -73,13 +62,11 @@ constexpr int64_t kMaxRanges = 16;
 // the widest instruction set whose width divides head_dim; want: "" or scalar | avx2 | avx512
 // (MVGPT_ATTENTION_ISA, read when a session creates the kernel; for tests)
 Isa pick_isa(int64_t head_dim, const std::string& w) {
-  const Isa scalar_isa{"scalar", 1, scalar::attend_part, scalar::scratch_floats};
+  const Isa scalar_isa{scalar::attend_part, scalar::scratch_floats};
 #if MVGPT_X86
-  const Isa avx2_isa{"avx2", avx2::kLanes, avx2::attend_part, avx2::scratch_floats};
-  const Isa avx512_isa{"avx512", avx512::kLanes, avx512::attend_part, avx512::scratch_floats};
-  __builtin_cpu_init();
-  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  const Isa avx2_isa{avx2::attend_part, avx2::scratch_floats};
+  const Isa avx512_isa{avx512::attend_part, avx512::scratch_floats};
+  const bool has_avx2 = cpu_features().avx2, has_avx512 = cpu_features().avx512;
   if (w == "scalar") return scalar_isa;
   if (has_avx512 && head_dim % 16 == 0 && (w.empty() || w == "avx512")) return avx512_isa;
   if (has_avx2 && head_dim % 8 == 0) return avx2_isa;
@@ -90,30 +77,8 @@ Isa pick_isa(int64_t head_dim, const std::string& w) {
   return scalar_isa;
 }
 
-float* thread_scratch(int64_t floats) {
-  thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < floats + 16) buf.resize(floats + 16);
-  auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
-  return buf.data() + ((64 - addr % 64) % 64) / sizeof(float);  // 64-byte aligned
-}
-
 [[noreturn]] void fail(const std::string& what) {
   throw Ort::Exception("mvgpt::GroupQueryAttention: " + what, ORT_INVALID_ARGUMENT);
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-int64_t attr_int(const OrtApi& api, const OrtKernelInfo* info, const char* name, int64_t dflt) {
-  int64_t v = dflt;
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v)) {
-    api.ReleaseStatus(st);
-    return dflt;
-  }
-  return v;
 }
 
 float attr_float(const OrtApi& api, const OrtKernelInfo* info, const char* name, float dflt) {

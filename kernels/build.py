@@ -32,7 +32,8 @@ from mvgpt.runtime.errors import KernelError
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = (KERNEL_DIR / "selective_scan.cc", KERNEL_DIR / "attention.cc")  # compiled
 HEADERS = tuple(
-    KERNEL_DIR / h for h in ("simd.h", "ops.h", "selective_scan_impl.h", "attention_impl.h")
+    KERNEL_DIR / h
+    for h in ("common.h", "simd.h", "ops.h", "selective_scan_impl.h", "attention_impl.h")
 )
 DEPENDS = (*SOURCES, *HEADERS)  # rebuild when any of these is newer than the library
 LIB_PATH = KERNEL_DIR / "lib" / "libmvgpt_ops.so"

@@ -11,9 +11,7 @@
 //   dt = softplus?(delta + delta_bias);  h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t  (h_0 = 0)
 //   y_t = C_t . h_t + D u_t;  y *= silu(z)
 
-#define ORT_API_MANUAL_INIT
-#include "onnxruntime_cxx_api.h"
-#undef ORT_API_MANUAL_INIT
+#include "common.h"  // onnxruntime's C++ API (manual init), MVGPT_X86, shared helpers
 
 #include <algorithm>
 #include <atomic>
@@ -33,10 +31,6 @@
 
 #include "ops.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define MVGPT_X86 1
-#include <immintrin.h>
-#endif
 #if defined(__linux__)
 #include <sched.h>
 #endif
@@ -47,7 +41,6 @@
 namespace mvgpt {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int64_t kChunk = 64;  // time steps per tile: the block's tiles stay in L1
 
 struct ScanArgs {
@@ -78,9 +71,7 @@ Isa pick_isa() {
 #if MVGPT_X86
   const Isa avx2_isa{"avx2", avx2::kLanes, avx2::scan_block, avx2::scratch_floats};
   const Isa avx512_isa{"avx512", avx512::kLanes, avx512::scan_block, avx512::scratch_floats};
-  __builtin_cpu_init();
-  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+  const bool has_avx2 = cpu_features().avx2, has_avx512 = cpu_features().avx512;
   const char* want = std::getenv("MVGPT_SCAN_ISA");  // scalar | avx2 | avx512 (for tests)
   const std::string w = want != nullptr ? want : "";
   if (w == "scalar") return scalar_isa;
@@ -182,13 +173,6 @@ Pool& pool() {  // never destroyed: joining at exit is unsafe in a forked child,
   return *p;
 }
 
-float* thread_scratch(int64_t floats) {
-  thread_local std::vector<float> buf;
-  if (static_cast<int64_t>(buf.size()) < floats + 16) buf.resize(floats + 16);
-  auto addr = reinterpret_cast<std::uintptr_t>(buf.data());
-  return buf.data() + ((64 - addr % 64) % 64) / sizeof(float);  // 64-byte aligned
-}
-
 void run_scan(const ScanArgs& a, const Isa& isa, int threads) {
   const int64_t L = a.length, N = a.state;
   // B and C of each batch, time-major (L, N): one contiguous row of N values per step.
@@ -230,12 +214,6 @@ void run_scan(const ScanArgs& a, const Isa& isa, int threads) {
 }
 
 // ---------------------------------------------------------------- the onnxruntime op
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 void expect_shape(const char* name, const std::vector<int64_t>& got,
                   const std::vector<int64_t>& want, const char* layout) {
   if (got != want) {
@@ -324,12 +302,8 @@ struct SelectiveScanKernel {
 struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
     try {
-      int64_t softplus = 0;
-      OrtStatus* status = api.KernelInfoGetAttribute_int64(info, "delta_softplus", &softplus);
-      if (status != nullptr) {  // attribute absent: no softplus, like selective_scan_ref
-        api.ReleaseStatus(status);
-        softplus = 0;
-      }
+      // attribute absent: no softplus, like selective_scan_ref
+      const int64_t softplus = attr_int(api, info, "delta_softplus", 0);
       if (softplus != 0 && softplus != 1) {
         return api.CreateStatus(ORT_INVALID_ARGUMENT,
                                 ("mvgpt::SelectiveScan: attribute delta_softplus must be 0 or 1, got " +
