@@ -1,14 +1,16 @@
 """mvgpt.kernels: the onnxruntime custom ops ``mvgpt::SelectiveScan`` and
 ``mvgpt::GroupQueryAttention``.
 
-Owns where the compiled library lives and how a session loads it. The C++ kernels are
-``selective_scan.cc`` and ``attention.cc`` (built by ``python -m mvgpt.kernels.build`` into
-``lib/libmvgpt_ops.so``); ``portable.py`` rewrites the ops into ops every onnxruntime has, for
-runtimes that cannot load the library. No torch here: the runtime imports this package.
+Owns where the compiled library lives, how a session loads it, and reading back which
+instruction set its ops ran. The C++ kernels are ``selective_scan.cc`` and ``attention.cc``
+(built by ``python -m mvgpt.kernels.build`` into ``lib/libmvgpt_ops.so``); ``portable.py``
+rewrites the ops into ops every onnxruntime has, for runtimes that cannot load the library.
+No torch here: the runtime imports this package.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Any
@@ -69,4 +71,31 @@ def register(session_options: Any, spinning: bool = False) -> Any:
     return session_options
 
 
-__all__ = ["DOMAIN", "OP_TYPE", "is_available", "library_path", "register"]
+def _lib() -> ctypes.CDLL:
+    """The library as onnxruntime loads it: one copy per process, so its report is shared."""
+    lib = ctypes.CDLL(library_path())
+    lib.mvgpt_ops_isa.restype = ctypes.c_char_p
+    lib.mvgpt_ops_isa.argtypes = [ctypes.c_char_p]
+    lib.mvgpt_ops_cpu_isas.restype = ctypes.c_char_p
+    return lib
+
+
+def last_isa(op: str) -> str:
+    """The path the last run of ``op`` (``SelectiveScan`` or ``GroupQueryAttention``) in this
+    process took: ``scalar``, ``neon``, ``avx2``, ``avx512``, or ``onnxruntime`` (an attention call
+    handed to onnxruntime's kernel); ``""`` before the op's first run."""
+    got = _lib().mvgpt_ops_isa(op.encode())
+    if got is None:
+        raise KernelError(
+            f"unknown op {op!r}: expected SelectiveScan or GroupQueryAttention, got {op!r}; "
+            "fix: pass one of those names"
+        )
+    return got.decode()
+
+
+def cpu_isas() -> list[str]:
+    """The instruction sets the library's kernels can use on this CPU, narrowest first."""
+    return _lib().mvgpt_ops_cpu_isas().decode().split()
+
+
+__all__ = ["DOMAIN", "OP_TYPE", "cpu_isas", "is_available", "last_isa", "library_path", "register"]

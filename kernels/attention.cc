@@ -21,8 +21,13 @@
 // Outputs: output (B,S,nh*hd), present_key and present_value (B,kvh,max(P,total),hd).
 // Attributes: num_heads, kv_num_heads, scale (0: 1/sqrt(hd)), do_rotary, rotary_interleaved,
 // local_window_size, softcap.
+//
+// Instruction set: the widest this CPU has whose width divides head_dim (attention_kernel.h),
+// chosen per call since head_dim comes with the query; MVGPT_ATTENTION_ISA caps it (one this CPU
+// lacks, or an unknown name, is an error when the session creates the kernel). library.cc's
+// mvgpt_ops_isa("GroupQueryAttention") says which path the last call took.
 
-#include "common.h"  // onnxruntime's C++ API (manual init), MVGPT_X86, shared helpers
+#include "common.h"  // onnxruntime's C++ API (manual init), cpu.h, shared helpers
 
 #include <algorithm>
 #include <cmath>
@@ -32,50 +37,13 @@
 #include <string>
 #include <vector>
 
+#include "attention_kernel.h"
 #include "ops.h"
 
 namespace mvgpt {
 namespace {
 
-struct AttnArgs {
-  int64_t batch, num_heads, kv_heads, head_dim, past_len, present_len;
-  int64_t q_stride, kv_stride;  // floats from one batch row of query (key, value) to the next
-  float scale;
-  const float *query, *key, *value, *past_key, *past_value, *cos, *sin;
-  const int32_t* seqlens_k;
-  float *output, *present_key, *present_value;
-};
-
-#define MVGPT_SIMD_IMPL "attention_impl.h"
-#include "simd.h"  // namespaces scalar, avx2, avx512: V + attend_part
-
-struct Isa {
-  void (*attend)(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*, float*);
-  int64_t (*scratch)(const AttnArgs&, int64_t);
-};
-
-// Cached positions per range: a (batch row, kv head) whose cache is longer is split into up to
-// kMaxRanges ranges run in parallel and merged, so that more threads than kv heads have work.
-constexpr int64_t kMinRangeKeys = 512;
-constexpr int64_t kMaxRanges = 16;
-
-// the widest instruction set whose width divides head_dim; want: "" or scalar | avx2 | avx512
-// (MVGPT_ATTENTION_ISA, read when a session creates the kernel; for tests)
-Isa pick_isa(int64_t head_dim, const std::string& w) {
-  const Isa scalar_isa{scalar::attend_part, scalar::scratch_floats};
-#if MVGPT_X86
-  const Isa avx2_isa{avx2::attend_part, avx2::scratch_floats};
-  const Isa avx512_isa{avx512::attend_part, avx512::scratch_floats};
-  const bool has_avx2 = cpu_features().avx2, has_avx512 = cpu_features().avx512;
-  if (w == "scalar") return scalar_isa;
-  if (has_avx512 && head_dim % 16 == 0 && (w.empty() || w == "avx512")) return avx512_isa;
-  if (has_avx2 && head_dim % 8 == 0) return avx2_isa;
-#else
-  (void)head_dim;
-  (void)w;
-#endif
-  return scalar_isa;
-}
+using attn::AttnArgs;
 
 [[noreturn]] void fail(const std::string& what) {
   throw Ort::Exception("mvgpt::GroupQueryAttention: " + what, ORT_INVALID_ARGUMENT);
@@ -102,8 +70,10 @@ constexpr int kInputs = 9;  // the inputs this op declares (com.microsoft's firs
 
 struct GqaKernel {
   GqaKernel(const OrtApi& api, const OrtKernelInfo* info) : api_(api) {
-    const char* want = std::getenv("MVGPT_ATTENTION_ISA");
-    isa_want_ = want != nullptr ? want : "";
+    std::string error;
+    if (!parse_isa("MVGPT_ATTENTION_ISA", std::getenv("MVGPT_ATTENTION_ISA"), &isa_cap_, &error)) {
+      fail(error);
+    }
     num_heads_ = attr_int(api, info, "num_heads", 0);
     kv_heads_ = attr_int(api, info, "kv_num_heads", 0);
     if (num_heads_ <= 0 || kv_heads_ <= 0 || num_heads_ % kv_heads_ != 0) {
@@ -198,6 +168,7 @@ struct GqaKernel {
       const OrtValue* inputs[kInputs];
       for (int i = 0; i < kInputs; ++i) inputs[i] = in[i];
       OrtValue* outputs[3] = {out, pk, pv};
+      note_path(Op::kGroupQueryAttention, "onnxruntime");
       check(api_, api_.InvokeOp(context, ort_op_, inputs, std::min<int>(inputs_, kInputs), outputs, 3));
       return;
     }
@@ -245,55 +216,20 @@ struct GqaKernel {
              " needs that many past positions, but past_key holds " + std::to_string(past_len));
       }
     }
-    const Isa isa = pick_isa(hd, isa_want_);
-    const int64_t ranges = std::max<int64_t>(1, std::min(kMaxRanges, longest / kMinRangeKeys));
-    const int64_t r = num_heads_ / kv_heads_, part_floats = r * (hd + 2);
-    std::vector<float> parts(static_cast<size_t>(batch * kv_heads_ * ranges * part_floats));
+    const attn::Plan plan = attn::plan(a, attn::path(isa_cap_, hd), longest);
+    std::vector<float> parts(static_cast<size_t>(plan.items * plan.part_floats));
     struct Job {
       const AttnArgs* a;
-      const Isa* isa;
-      int64_t ranges, part_floats, scratch;
+      const attn::Plan* plan;
       float* parts;
-    } job{&a, &isa, ranges, part_floats, isa.scratch(a, (longest + ranges - 1) / ranges), parts.data()};
+    } job{&a, &plan, parts.data()};
     auto run = [](void* data, size_t item) {
       const Job& j = *static_cast<const Job*>(data);
-      const int64_t i = static_cast<int64_t>(item);
-      const int64_t range = i % j.ranges, bg = i / j.ranges;
-      const int64_t b = bg / j.a->kv_heads, g = bg % j.a->kv_heads;
-      const int64_t T = j.a->seqlens_k[b] + 1, span = (T + j.ranges - 1) / j.ranges;
-      const int64_t t0 = std::min(T, range * span), t1 = std::min(T, t0 + span);
-      float* part = j.parts + i * j.part_floats;
-      if (t0 == t1) {  // a short row: nothing in this range
-        for (int64_t h = 0; h < j.part_floats; h += j.a->head_dim + 2) {
-          part[h + j.a->head_dim] = -INFINITY;
-          part[h + j.a->head_dim + 1] = 0.0f;
-        }
-        return;
-      }
-      j.isa->attend(*j.a, b, g, t0, t1, thread_scratch(j.scratch), part);
+      attn::run_item(*j.a, *j.plan, static_cast<int64_t>(item), j.parts);
     };
-    ctx.ParallelFor(run, static_cast<size_t>(batch * kv_heads_ * ranges), 0, &job);
-    // merge the ranges: out = sum_i 2^(m_i - M) o_i / sum_i 2^(m_i - M) l_i, M = max_i m_i
-    for (int64_t bg = 0; bg < batch * kv_heads_; ++bg) {
-      const int64_t b = bg / kv_heads_, g = bg % kv_heads_;
-      for (int64_t j = 0; j < r; ++j) {
-        const float* first = parts.data() + (bg * ranges * r + j) * (hd + 2);
-        float m = -INFINITY;
-        for (int64_t i = 0; i < ranges; ++i) m = std::max(m, first[i * part_floats + hd]);
-        float* out = a.output + (b * num_heads_ + g * r + j) * hd;
-        std::fill(out, out + hd, 0.0f);
-        float total = 0.0f;
-        for (int64_t i = 0; i < ranges; ++i) {
-          const float* p = first + i * part_floats;
-          if (p[hd + 1] == 0.0f) continue;
-          const float w = std::exp2(p[hd] - m);
-          total += w * p[hd + 1];
-          for (int64_t d = 0; d < hd; ++d) out[d] += w * p[d];
-        }
-        const float inv = 1.0f / total;
-        for (int64_t d = 0; d < hd; ++d) out[d] *= inv;
-      }
-    }
+    note_path(Op::kGroupQueryAttention, kIsaNames[plan.path.isa]);
+    ctx.ParallelFor(run, static_cast<size_t>(plan.items), 0, &job);
+    attn::merge(a, plan, parts.data());
   }
 
   const OrtApi& api_;
@@ -302,7 +238,7 @@ struct GqaKernel {
   bool own_decode_ = false;
   int inputs_ = 0;
   OrtOp* ort_op_ = nullptr;
-  std::string isa_want_;
+  Isa isa_cap_ = kScalar;
 };
 
 struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {

@@ -1,7 +1,7 @@
 """Build the mvgpt custom-op library: ``python -m mvgpt.kernels.build``.
 
 Owns the one build step of mvgpt: find onnxruntime's C/C++ headers, then compile
-``selective_scan.cc`` with ``g++ -O3 -shared -fPIC`` into ``kernels/lib/libmvgpt_ops.so``. The
+the kernel sources with ``g++ -O3 -shared -fPIC`` into ``kernels/lib/libmvgpt_ops.so``. The
 library does not link libonnxruntime (``ORT_API_MANUAL_INIT``); onnxruntime loads it at run time.
 
 Headers, first found wins:
@@ -30,11 +30,14 @@ from pathlib import Path
 from mvgpt.runtime.errors import KernelError
 
 KERNEL_DIR = Path(__file__).resolve().parent
-SOURCES = (KERNEL_DIR / "selective_scan.cc", KERNEL_DIR / "attention.cc")  # compiled
+SOURCES = tuple(KERNEL_DIR / s for s in ("selective_scan.cc", "attention.cc", "library.cc"))
 HEADERS = tuple(
     KERNEL_DIR / h
-    for h in ("common.h", "simd.h", "ops.h", "selective_scan_impl.h", "attention_impl.h")
-)
+    for h in (
+        "cpu.h", "common.h", "simd.h", "ops.h", "scan_kernel.h", "attention_kernel.h",
+        "selective_scan_impl.h", "attention_impl.h",
+    )
+)  # fmt: skip
 DEPENDS = (*SOURCES, *HEADERS)  # rebuild when any of these is newer than the library
 LIB_PATH = KERNEL_DIR / "lib" / "libmvgpt_ops.so"
 HEADER_CACHE = KERNEL_DIR / "_headers"

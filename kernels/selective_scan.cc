@@ -1,17 +1,18 @@
 // mvgpt::SelectiveScan: the Mamba-1 selective scan (S6) as an onnxruntime custom op on CPU.
 //
-// Owns the op's registration (struct API, `RegisterCustomOps`, built with ORT_API_MANUAL_INIT so
-// the library does not link libonnxruntime), input validation, run-time instruction-set dispatch
-// (AVX-512 / AVX2+FMA / scalar, overridable with MVGPT_SCAN_ISA) and a small persistent thread
+// Owns the op (struct API, built with ORT_API_MANUAL_INIT so the library does not link
+// libonnxruntime; library.cc registers it), input validation, the choice of instruction set when
+// a session creates the kernel (the widest this CPU has: AVX-512 / AVX2+FMA / NEON / scalar;
+// MVGPT_SCAN_ISA names one, and one this CPU lacks is an error) and a small persistent thread
 // pool (MVGPT_SCAN_THREADS, default: the CPUs this process may run on). The math itself is in
-// selective_scan_impl.h, compiled once per instruction set.
+// selective_scan_impl.h, compiled once per instruction set through scan_kernel.h.
 //
 // Inputs: u (B,D,L), delta (B,D,L), A (D,N), B (B,N,L), C (B,N,L), D (D), optional z (B,D,L),
 // optional delta_bias (D); attribute delta_softplus (0/1); output y (B,D,L); all float32.
 //   dt = softplus?(delta + delta_bias);  h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t  (h_0 = 0)
 //   y_t = C_t . h_t + D u_t;  y *= silu(z)
 
-#include "common.h"  // onnxruntime's C++ API (manual init), MVGPT_X86, shared helpers
+#include "common.h"  // onnxruntime's C++ API (manual init), cpu.h, shared helpers
 
 #include <algorithm>
 #include <atomic>
@@ -30,6 +31,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "scan_kernel.h"
 
 #if defined(__linux__)
 #include <sched.h>
@@ -41,46 +43,7 @@
 namespace mvgpt {
 namespace {
 
-constexpr int64_t kChunk = 64;  // time steps per tile: the block's tiles stay in L1
-
-struct ScanArgs {
-  int64_t batch, dim, length, state;
-  const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
-  bool softplus;
-  float* y;
-};
-
-inline float silu_scalar(float z) { return z / (1.0f + std::exp(-z)); }
-
-#define MVGPT_SIMD_IMPL "selective_scan_impl.h"
-#include "simd.h"  // namespaces scalar, avx2, avx512: V + scan_block
-
-
-// ---------------------------------------------------------------- dispatch and threads
-using BlockFn = void (*)(const ScanArgs&, int64_t, int64_t, const float*, const float*, float*);
-
-struct Isa {
-  const char* name;
-  int lanes;
-  BlockFn block;
-  int64_t (*scratch)(int64_t);
-};
-
-Isa pick_isa() {
-  const Isa scalar_isa{"scalar", scalar::kLanes, scalar::scan_block, scalar::scratch_floats};
-#if MVGPT_X86
-  const Isa avx2_isa{"avx2", avx2::kLanes, avx2::scan_block, avx2::scratch_floats};
-  const Isa avx512_isa{"avx512", avx512::kLanes, avx512::scan_block, avx512::scratch_floats};
-  const bool has_avx2 = cpu_features().avx2, has_avx512 = cpu_features().avx512;
-  const char* want = std::getenv("MVGPT_SCAN_ISA");  // scalar | avx2 | avx512 (for tests)
-  const std::string w = want != nullptr ? want : "";
-  if (w == "scalar") return scalar_isa;
-  if (w == "avx2" && has_avx2) return avx2_isa;
-  if (has_avx512 && (w.empty() || w == "avx512")) return avx512_isa;
-  if (has_avx2) return avx2_isa;
-#endif
-  return scalar_isa;
-}
+using scan::ScanArgs;
 
 int default_threads() {
   if (const char* env = std::getenv("MVGPT_SCAN_THREADS")) {
@@ -173,25 +136,10 @@ Pool& pool() {  // never destroyed: joining at exit is unsafe in a forked child,
   return *p;
 }
 
-void run_scan(const ScanArgs& a, const Isa& isa, int threads) {
-  const int64_t L = a.length, N = a.state;
-  // B and C of each batch, time-major (L, N): one contiguous row of N values per step.
-  std::vector<float> bc(static_cast<size_t>(2 * a.batch * L * N));
-  float* bt = bc.data();
-  float* ct = bt + a.batch * L * N;
-  for (int64_t b = 0; b < a.batch; ++b) {
-    for (int64_t n = 0; n < N; ++n) {
-      const float* bs = a.B + (b * N + n) * L;
-      const float* cs = a.C + (b * N + n) * L;
-      for (int64_t t = 0; t < L; ++t) {
-        bt[(b * L + t) * N + n] = bs[t];
-        ct[(b * L + t) * N + n] = cs[t];
-      }
-    }
-  }
-  const int64_t blocks = (a.dim + isa.lanes - 1) / isa.lanes;
-  const int64_t items = a.batch * blocks;
-  const int64_t scratch = isa.scratch(N);
+void run_scan(const ScanArgs& a, const scan::Path& path, int threads) {
+  const std::vector<float> bc = scan::time_major_bc(a);
+  const int64_t items = scan::item_count(a, path);
+  const int64_t scratch = path.scratch(a.state);
   std::atomic<int64_t> next{0};
   std::mutex error_mu;
   std::exception_ptr error;
@@ -199,8 +147,7 @@ void run_scan(const ScanArgs& a, const Isa& isa, int threads) {
     try {
       float* s = thread_scratch(scratch);
       for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
-        const int64_t b = i / blocks, c0 = (i % blocks) * isa.lanes;
-        isa.block(a, b, c0, bt + b * L * N, ct + b * L * N, s);
+        scan::run_item(a, path, bc.data(), i, s);
       }
     } catch (...) {
       next = items;  // the other shares stop early
@@ -226,7 +173,14 @@ void expect_shape(const char* name, const std::vector<int64_t>& got,
 constexpr const char* kInputNames[8] = {"u", "delta", "A", "B", "C", "D", "z", "delta_bias"};
 
 struct SelectiveScanKernel {
-  SelectiveScanKernel(bool softplus) : softplus_(softplus), isa_(pick_isa()), threads_(default_threads()) {}
+  SelectiveScanKernel(bool softplus) : softplus_(softplus), threads_(default_threads()) {
+    std::string error;
+    Isa isa = kScalar;
+    if (!parse_isa("MVGPT_SCAN_ISA", std::getenv("MVGPT_SCAN_ISA"), &isa, &error)) {
+      throw Ort::Exception("mvgpt::SelectiveScan: " + error, ORT_INVALID_ARGUMENT);
+    }
+    path_ = scan::path(isa);
+  }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     try {
@@ -291,12 +245,13 @@ struct SelectiveScanKernel {
                in[7] ? in[7].GetTensorData<float>() : nullptr,
                softplus_, out.GetTensorMutableData<float>()};
     if (batch * dim * length == 0) return;
-    run_scan(a, isa_, threads_);
+    note_path(Op::kSelectiveScan, kIsaNames[path_.isa]);
+    run_scan(a, path_, threads_);
   }
 
   bool softplus_;
-  Isa isa_;
   int threads_;
+  scan::Path path_{};
 };
 
 struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel, true> {
@@ -310,6 +265,8 @@ struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel,
                                  std::to_string(softplus)).c_str());
       }
       *kernel = new SelectiveScanKernel(softplus == 1);
+    } catch (const Ort::Exception& e) {
+      return api.CreateStatus(e.GetOrtErrorCode(), e.what());
     } catch (const std::exception& e) {
       return api.CreateStatus(ORT_FAIL, e.what());
     }
@@ -326,37 +283,11 @@ struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel,
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
-// One domain for every session, holding every op of the library: it must outlive the sessions,
-// so it is made once and never freed.
-Ort::CustomOpDomain& domain() {
-  static SelectiveScanOp op;
-  static Ort::CustomOpDomain* d = [] {
-    auto* made = new Ort::CustomOpDomain("mvgpt");
-    made->Add(&op);
-    made->Add(group_query_attention_op());
-    return made;
-  }();
-  return *d;
-}
-
 }  // namespace
-}  // namespace mvgpt
 
-extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
-RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
-  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
-  if (api == nullptr) {  // runtime older than the headers: report with the version-1 API
-    return api_base->GetApi(1)->CreateStatus(
-        ORT_FAIL, "mvgpt::SelectiveScan: this onnxruntime is older than the headers the library was "
-                  "built with; rebuild with `python -m mvgpt.kernels.build` against its headers");
-  }
-  Ort::InitApi(api);
-  try {
-    Ort::UnownedSessionOptions(options).Add(mvgpt::domain());
-  } catch (const Ort::Exception& e) {
-    return api->CreateStatus(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return api->CreateStatus(ORT_FAIL, e.what());
-  }
-  return nullptr;
+const OrtCustomOp* selective_scan_op() {
+  static SelectiveScanOp op;
+  return &op;
 }
+
+}  // namespace mvgpt

@@ -1,11 +1,12 @@
 // The SIMD vector types of the mvgpt kernels, one namespace per instruction set.
 //
-// Included once by each kernel source (selective_scan.cc, attention.cc) inside its anonymous
-// namespace, after `#define MVGPT_SIMD_IMPL "<its impl header>"` and after the names that impl
-// header needs, so it includes nothing but that header. Each namespace defines `V` (W float
-// lanes: load/store, arithmetic, exp2, horizontal sum/max, W x W tile transposes) and then
-// includes MVGPT_SIMD_IMPL, compiled under that namespace's `#pragma GCC target`. The scalar
-// namespace needs no extension and compiles on any architecture.
+// Included once by each op's plain header (scan_kernel.h, attention_kernel.h) inside its
+// namespace, after cpu.h (the architecture switch and intrinsics), after `#define MVGPT_SIMD_IMPL
+// "<its impl header>"` and after the names that impl header needs, so it includes nothing but
+// that header. Each namespace defines `V` (W float lanes: load/store, arithmetic, exp2,
+// horizontal sum/max, W x W tile transposes) and then includes MVGPT_SIMD_IMPL, compiled under
+// that namespace's target (`#pragma GCC target`; clang: `#pragma clang attribute`). The scalar
+// namespace needs no extension and compiles on any architecture; NEON is baseline on AArch64.
 
 #ifndef MVGPT_SIMD_IMPL
 #error "define MVGPT_SIMD_IMPL (the kernel header to compile once per instruction set) first"
@@ -44,8 +45,12 @@ struct V {
 
 #if MVGPT_X86
 // ---------------------------------------------------------------- AVX2 + FMA (8 lanes)
+#if defined(__clang__)  // clang has no `#pragma GCC target`: the same attribute on every function
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 namespace avx2 {
 struct V {
   static constexpr int W = 8;
@@ -118,11 +123,24 @@ struct V {
 };
 #include MVGPT_SIMD_IMPL
 }  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 // ---------------------------------------------------------------- AVX-512 (16 lanes)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx2,fma"))), \
+                             apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx2,fma")
+// GCC 12's AVX-512 intrinsics start from a self-initialized _mm512_undefined_ps(): a false
+// -Wmaybe-uninitialized at every inlined call (GCC bug 105593, fixed in 12.3 and 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 namespace avx512 {
 struct V {
   static constexpr int W = 16;
@@ -191,5 +209,60 @@ struct V {
 };
 #include MVGPT_SIMD_IMPL
 }  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
+#endif
 #endif  // MVGPT_X86
+
+#if MVGPT_ARM
+// ---------------------------------------------------------------- NEON (AArch64, 4 lanes)
+// Baseline on AArch64, so no target pragma. The numerics follow AVX2's: the same exp2 polynomial
+// and clamp, max(a, b) = a > b ? a : b like _mm256_max_ps (vmaxq_f32 would return NaN for NaN).
+namespace neon {
+struct V {
+  static constexpr int W = 4;
+  float32x4_t v;
+  static V load(const float* p) { return {vld1q_f32(p)}; }
+  void store(float* p) const { vst1q_f32(p, v); }
+  static V set1(float x) { return {vdupq_n_f32(x)}; }
+  static V zero() { return {vdupq_n_f32(0.0f)}; }
+  static V add(V a, V b) { return {vaddq_f32(a.v, b.v)}; }
+  static V sub(V a, V b) { return {vsubq_f32(a.v, b.v)}; }
+  static V mul(V a, V b) { return {vmulq_f32(a.v, b.v)}; }
+  static V div(V a, V b) { return {vdivq_f32(a.v, b.v)}; }
+  static V max(V a, V b) { return {vbslq_f32(vcgtq_f32(a.v, b.v), a.v, b.v)}; }
+  static V fma(V a, V b, V c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
+  static float sum(V a) { return vaddvq_f32(a.v); }
+  static float hmax(V a) { return vmaxvq_f32(a.v); }
+  static V exp2(V x) {
+    // Clamp so that the exponent field stays valid: 2^-127 becomes 0, 2^127 the largest power.
+    // maxnm/minnm take the number when x is NaN (-127: 0 out), as _mm256_max_ps(x, -127) does.
+    float32x4_t xc = vminnmq_f32(vmaxnmq_f32(x.v, vdupq_n_f32(-127.0f)), vdupq_n_f32(127.0f));
+    float32x4_t k = vrndmq_f32(xc);
+    float32x4_t f = vsubq_f32(xc, k);
+    float32x4_t p = vfmaq_f32(vdupq_n_f32(kP4), vdupq_n_f32(kP5), f);
+    p = vfmaq_f32(vdupq_n_f32(kP3), p, f);
+    p = vfmaq_f32(vdupq_n_f32(kP2), p, f);
+    p = vfmaq_f32(vdupq_n_f32(kP1), p, f);
+    p = vfmaq_f32(vdupq_n_f32(kP0), p, f);
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127)), 23);
+    return {vmulq_f32(p, vreinterpretq_f32_s32(e))};
+  }
+  // 4x4 transposes between 4 channel rows and a time-major (t, lane) tile: st4 interleaves four
+  // rows into the tile, ld4 splits the tile back into rows.
+  static void transpose(const float* const* rows, int64_t t0, float* dst) {
+    float32x4x4_t r;
+    for (int c = 0; c < 4; ++c) r.val[c] = vld1q_f32(rows[c] + t0);
+    vst4q_f32(dst, r);
+  }
+  static void transpose_out(const float* src, float* const* rows, int64_t t0) {
+    const float32x4x4_t r = vld4q_f32(src);
+    for (int c = 0; c < 4; ++c) vst1q_f32(rows[c] + t0, r.val[c]);
+  }
+};
+#include MVGPT_SIMD_IMPL
+}  // namespace neon
+#endif  // MVGPT_ARM

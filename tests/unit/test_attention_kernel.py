@@ -2,59 +2,29 @@
 path) against a float64 numpy attention written here, and against onnxruntime's own
 com.microsoft.GroupQueryAttention; packed and separate q/k/v, batch rows at different lengths, a
 cache written in place through IOBinding or copied into a new present, query groups wider than
-one register block, several positions (handed to onnxruntime's kernel), and its errors."""
+one register block, several positions (handed to onnxruntime's kernel), and its errors. Each
+case checks which path ran (the library's report); asking for an instruction set this CPU lacks is
+an error, and such cases are skipped by /proc/cpuinfo."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from mvgpt import kernels
 from mvgpt.kernels.portable import make_portable
-from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN, ORT_CONTRIB_DOMAIN
+from mvgpt.runtime.manifest import ORT_CONTRIB_DOMAIN
+from tests.kernel_cases import LANES, attention_isa, cpuinfo_isas, feeds, naive_step
+from tests.kernel_cases import attention_model as model
 
 pytestmark = pytest.mark.skipif(
     not kernels.is_available(),
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
-
-MAX_POS = 4096  # rotary table rows: room for the long-cache test
-THETA = 10000.0
-
-
-def model(nh: int, kvh: int, hd: int, packed: bool, rotary: bool = True, domain=CUSTOM_OP_DOMAIN):
-    f = TensorProto.FLOAT
-    width = (nh + 2 * kvh) * hd if packed else nh * hd
-    names = ["q", "" if packed else "k", "" if packed else "v", "pk", "pv", "sl", "tot"]
-    names += ["cos", "sin"] if rotary else []
-    node = helper.make_node(
-        CUSTOM_OP_ATTENTION,
-        names,
-        ["o", "prk", "prv"],
-        domain=domain,
-        num_heads=nh,
-        kv_num_heads=kvh,
-        scale=hd**-0.5,
-        do_rotary=int(rotary),
-    )
-    inputs = [helper.make_tensor_value_info("q", f, ["B", "S", width])]
-    if not packed:
-        inputs += [helper.make_tensor_value_info(n, f, ["B", "S", kvh * hd]) for n in "kv"]
-    inputs += [helper.make_tensor_value_info(n, f, ["B", kvh, "P", hd]) for n in ("pk", "pv")]
-    inputs += [
-        helper.make_tensor_value_info("sl", TensorProto.INT32, ["B"]),
-        helper.make_tensor_value_info("tot", TensorProto.INT32, []),
-    ]
-    if rotary:
-        inputs += [helper.make_tensor_value_info(n, f, [MAX_POS, hd // 2]) for n in ("cos", "sin")]
-    outputs = [helper.make_tensor_value_info(n, f, None) for n in ("o", "prk", "prv")]
-    graph = helper.make_graph([node], "gqa", inputs, outputs)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
-    m = helper.make_model(graph, opset_imports=opsets)
-    m.ir_version = 9
-    return m
+CPU = cpuinfo_isas() or (kernels.cpu_isas() if kernels.is_available() else ["scalar"])
 
 
 def session(m, threads: int = 2) -> ort.InferenceSession:
@@ -64,83 +34,28 @@ def session(m, threads: int = 2) -> ort.InferenceSession:
     return ort.InferenceSession(m.SerializeToString(), options, ["CPUExecutionProvider"])
 
 
-def tables(hd: int) -> tuple[np.ndarray, np.ndarray]:
-    inv = 1.0 / THETA ** (np.arange(0, hd, 2) / hd)
-    angles = np.arange(MAX_POS)[:, None] * inv[None]
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+def ask_for(monkeypatch, isa: str) -> None:
+    """MVGPT_ATTENTION_ISA=isa, or a skip when this CPU lacks it (asking would be an error)."""
+    if isa not in CPU:
+        pytest.skip(f"this CPU lacks {isa}: /proc/cpuinfo shows {', '.join(CPU)}")
+    monkeypatch.setenv("MVGPT_ATTENTION_ISA", isa)
 
 
-def feeds(rng, nh, kvh, hd, lengths, cache, packed, rotary=True, seq=1):
-    """Random inputs for rows whose positions in use are ``lengths`` (before this call)."""
-    batch = len(lengths)
-    q = rng.standard_normal((batch, seq, nh * hd), np.float32)
-    k = rng.standard_normal((batch, seq, kvh * hd), np.float32)
-    v = rng.standard_normal((batch, seq, kvh * hd), np.float32)
-    out = {
-        "pk": rng.standard_normal((batch, kvh, cache, hd), np.float32),
-        "pv": rng.standard_normal((batch, kvh, cache, hd), np.float32),
-        "sl": np.array([n + seq - 1 for n in lengths], np.int32),
-        "tot": np.array(max(lengths) + seq, np.int32),
-    }
-    out.update({"q": np.concatenate([q, k, v], -1)} if packed else {"q": q, "k": k, "v": v})
-    if rotary:
-        out["cos"], out["sin"] = tables(hd)
-    return out
-
-
-def rotate(x: np.ndarray, pos: int, hd: int) -> np.ndarray:
-    """rotate-half RoPE of the last axis at one position, float64"""
-    inv = 1.0 / THETA ** (np.arange(0, hd, 2) / hd)
-    cos, sin = np.cos(pos * inv), np.sin(pos * inv)
-    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
-
-
-def naive_step(f, nh, kvh, hd, packed, rotary=True):
-    """One new position per row, float64: (output (B,1,nh*hd), new key rows, new value rows)."""
-    q = f["q"][:, 0].astype(np.float64)
-    if packed:
-        q, k, v = np.split(q, [nh * hd, (nh + kvh) * hd], -1)
-    else:
-        k, v = f["k"][:, 0].astype(np.float64), f["v"][:, 0].astype(np.float64)
-    batch, r = q.shape[0], nh // kvh
-    out = np.zeros((batch, 1, nh * hd))
-    new_k = np.zeros((batch, kvh, hd))
-    for b in range(batch):
-        pos = int(f["sl"][b])
-        for g in range(kvh):
-            kg = k[b, g * hd : (g + 1) * hd]
-            new_k[b, g] = rotate(kg, pos, hd) if rotary else kg
-            keys = np.concatenate([f["pk"][b, g, :pos].astype(np.float64), new_k[b, g][None]])
-            vals = np.concatenate([f["pv"][b, g, :pos], v[b, g * hd : (g + 1) * hd][None]])
-            for j in range(g * r, (g + 1) * r):
-                qj = q[b, j * hd : (j + 1) * hd]
-                qj = rotate(qj, pos, hd) if rotary else qj
-                s = keys @ qj / np.sqrt(hd)
-                p = np.exp(s - s.max())
-                out[b, 0, j * hd : (j + 1) * hd] = (p / p.sum()) @ vals
-    return out, new_k, v.reshape(batch, kvh, hd)
-
-
-def isas() -> list[str]:
-    import platform
-
-    return ["scalar", "avx2", "avx512"] if platform.machine() in ("x86_64", "AMD64") else ["scalar"]
-
-
-@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("isa", list(LANES))
 @pytest.mark.parametrize(
     "nh, kvh, hd, packed",
     [(14, 2, 64, True), (14, 2, 64, False), (4, 4, 16, True), (20, 2, 8, False), (6, 3, 12, True)],
 )
 def test_step_matches_naive_attention(monkeypatch, isa, nh, kvh, hd, packed):
-    monkeypatch.setenv("MVGPT_ATTENTION_ISA", isa)
+    ask_for(monkeypatch, isa)
     rng = np.random.default_rng(0)
     f = feeds(rng, nh, kvh, hd, lengths=[37, 5], cache=48, packed=packed)
     out, present_k, present_v = session(model(nh, kvh, hd, packed)).run(None, f)
+    ran = kernels.last_isa("GroupQueryAttention")
     want, new_k, new_v = naive_step(f, nh, kvh, hd, packed)
     diff = float(np.abs(out - want).max())
-    print(f"{isa} nh={nh} kvh={kvh} hd={hd} packed={packed}: max |out - naive| {diff:.2e}")
+    print(f"{isa} (ran {ran}) {nh}/{kvh}/{hd} packed={packed}: max |out - naive| {diff:.2e}")
+    assert ran == attention_isa(CPU, hd, cap=isa)  # the widest up to isa whose width divides hd
     assert diff < 2e-5
     for b, pos in enumerate(f["sl"]):
         np.testing.assert_allclose(present_k[b, :, pos], new_k[b], atol=1e-5)
@@ -156,6 +71,9 @@ def test_matches_onnxruntime_gqa(seq):
     rng = np.random.default_rng(1)
     f = feeds(rng, nh, kvh, hd, lengths=[300], cache=320, packed=True, seq=seq)
     ours = session(model(nh, kvh, hd, True)).run(None, f)
+    assert kernels.last_isa("GroupQueryAttention") == (
+        attention_isa(CPU, hd) if seq == 1 else "onnxruntime"
+    )
     theirs = session(model(nh, kvh, hd, True, domain=ORT_CONTRIB_DOMAIN)).run(None, f)
     used = 300 + seq
     diff = float(np.abs(ours[0] - theirs[0]).max())
@@ -246,17 +164,34 @@ def test_position_beyond_a_separate_past_is_an_error():
         session(model(nh, kvh, hd, True)).run(None, f)
 
 
-@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("isa", list(LANES))
 def test_long_cache_split_into_ranges_matches_naive(monkeypatch, isa):
-    """a cache of 2101 positions runs as 4 ranges merged (attention.cc: kMinRangeKeys 512); the
-    short row (3 positions) leaves a range empty"""
-    monkeypatch.setenv("MVGPT_ATTENTION_ISA", isa)
+    """a cache of 2101 positions runs as 4 ranges merged (attention_kernel.h: kMinRangeKeys 512);
+    the short row (3 positions) leaves a range empty"""
+    ask_for(monkeypatch, isa)
     nh, kvh, hd = 14, 2, 64
     f = feeds(np.random.default_rng(8), nh, kvh, hd, lengths=[2100, 2], cache=2200, packed=True)
     out, present_k, _ = session(model(nh, kvh, hd, True)).run(None, f)
+    assert kernels.last_isa("GroupQueryAttention") == isa  # 64 is a multiple of every width
     want, new_k, _ = naive_step(f, nh, kvh, hd, True)
     diff = float(np.abs(out - want).max())
     print(f"{isa}: max |out - naive| {diff:.2e}")
     assert diff < 2e-5
     for b, pos in enumerate(f["sl"]):
         np.testing.assert_allclose(present_k[b, :, pos], new_k[b], atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ["sse9", *(i for i in LANES if i not in CPU)])
+def test_isa_this_cpu_lacks_is_an_error(monkeypatch, isa):
+    """never a silent fallback: an unknown name, or one this CPU lacks, fails the session"""
+    monkeypatch.setenv("MVGPT_ATTENTION_ISA", isa)
+    what = "this CPU lacks" if isa in LANES else "is not an instruction set"
+    expected = re.escape(f"expected one of this CPU's ({', '.join(CPU)})")
+    with pytest.raises(
+        Exception, match=f"Attention: MVGPT_ATTENTION_ISA='?{isa}'? .*{what}.*{expected}"
+    ):
+        session(model(14, 2, 64, True))
+
+
+def test_library_reports_the_cpus_instruction_sets():
+    assert kernels.cpu_isas() == CPU

@@ -1,9 +1,11 @@
 """The SelectiveScan op in isolation: reference vs a naive loop, each instruction-set path of the
-C++ kernel, threads, absent optional inputs, shape errors, the portable graph's plumbing, and the
-build helpers that need no network."""
+C++ kernel (checked by the library's report of the path that ran; one this CPU lacks is skipped by
+/proc/cpuinfo, and asking for it is an error), threads, absent optional inputs, shape errors, the
+portable graph's plumbing, and the build helpers that need no network."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -14,11 +16,14 @@ import pytest
 from mvgpt import kernels
 from mvgpt.kernels import build, portable
 from mvgpt.runtime.errors import KernelError
+from tests.kernel_cases import LANES, cpuinfo_isas, scan_reference
+from tests.kernel_cases import scan_max_rel as max_rel
 
 needs_lib = pytest.mark.skipif(
     not kernels.is_available(),
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
+CPU = cpuinfo_isas() or (kernels.cpu_isas() if kernels.is_available() else ["scalar"])
 
 
 def naive_scan(feeds: dict[str, np.ndarray], softplus: bool) -> np.ndarray:
@@ -43,6 +48,14 @@ def naive_scan(feeds: dict[str, np.ndarray], softplus: bool) -> np.ndarray:
     return y
 
 
+def test_vectorized_reference_matches_naive_loop():
+    """tests/kernel_cases.scan_reference (all channels per step, for large cases) is the loop"""
+    feeds = portable.random_inputs(2, 6, 13, 5, True, True, True, seed=5)
+    err = max_rel(scan_reference(feeds, True), naive_scan(feeds, True))
+    print(f"vectorized vs naive loop: max rel diff {err:.2e}")
+    assert err < 1e-12
+
+
 def run(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -50,10 +63,6 @@ def run(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
         kernels.register(options)
     session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
-
-
-def max_rel(y: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(y - ref).max() / max(1.0, float(np.abs(ref).max())))
 
 
 @pytest.mark.parametrize("softplus", [True, False])
@@ -70,20 +79,46 @@ def test_reference_matches_naive_loop(softplus):
 
 
 @needs_lib
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", list(LANES))
 @pytest.mark.parametrize(
     "shape,with_z,with_bias,softplus",
     [((1, 16, 40, 16), True, True, True), ((2, 37, 19, 16), False, True, False),
      ((1, 21, 70, 5), True, False, True), ((2, 8, 1, 1), False, False, False)],
 )  # fmt: skip
 def test_kernel_paths_match_naive(monkeypatch, isa, shape, with_z, with_bias, softplus):
+    if isa not in CPU:  # asking would be an error (test_isa_this_cpu_lacks_is_an_error)
+        pytest.skip(f"this CPU lacks {isa}: /proc/cpuinfo shows {', '.join(CPU)}")
     monkeypatch.setenv("MVGPT_SCAN_ISA", isa)  # read when the session creates the kernel
     feeds = portable.random_inputs(*shape, with_z, with_bias, softplus, seed=2)
     y = run(portable.scan_model(*shape, with_z, with_bias, softplus, portable=False), feeds)
     err = max_rel(y, naive_scan(feeds, softplus))
     print(f"{isa} {shape} z={with_z} bias={with_bias} softplus={softplus}: max rel {err:.2e}")
+    assert kernels.last_isa("SelectiveScan") == isa
     assert y.shape == shape[:2] + shape[2:3]
     assert err < 2e-5  # fp32 kernel vs a float64 loop: ~1e-6 seen
+
+
+@needs_lib
+@pytest.mark.parametrize("isa", ["sse9", *(i for i in LANES if i not in CPU)])
+def test_isa_this_cpu_lacks_is_an_error(monkeypatch, isa):
+    """never a silent fallback: an unknown name, or one this CPU lacks, fails the session"""
+    monkeypatch.setenv("MVGPT_SCAN_ISA", isa)
+    what = "this CPU lacks" if isa in LANES else "is not an instruction set"
+    expected = re.escape(f"expected one of this CPU's ({', '.join(CPU)})")
+    model = portable.scan_model(1, 8, 10, 4, False, False, False, portable=False)
+    with pytest.raises(
+        Exception, match=f"SelectiveScan: MVGPT_SCAN_ISA='?{isa}'? .*{what}.*{expected}"
+    ):
+        run(model, portable.random_inputs(1, 8, 10, 4, False, False, False))
+
+
+@needs_lib
+def test_default_is_the_widest_and_reported(monkeypatch):
+    monkeypatch.delenv("MVGPT_SCAN_ISA", raising=False)
+    feeds = portable.random_inputs(1, 9, 12, 4, False, False, False)
+    run(portable.scan_model(1, 9, 12, 4, False, False, False, portable=False), feeds)
+    assert kernels.last_isa("SelectiveScan") == CPU[-1]
+    assert kernels.cpu_isas() == CPU  # the library's probe agrees with /proc/cpuinfo
 
 
 @needs_lib
