@@ -3,15 +3,16 @@
 
 Owns where the compiled library lives, how a session loads it, and reading back which
 instruction set its ops ran. The C++ kernels are ``selective_scan.cc`` and ``attention.cc``
-(built by ``python -m mvgpt.kernels.build`` into ``lib/libmvgpt_ops.so``); ``portable.py``
-rewrites the ops into ops every onnxruntime has, for runtimes that cannot load the library.
-No torch here: the runtime imports this package.
+(built by ``python -m mvgpt.kernels.build`` into ``lib/libmvgpt_ops.so``, ``.dylib`` on macOS);
+``portable.py`` rewrites the ops into ops every onnxruntime has, for runtimes that cannot load the
+library. No torch here: the runtime imports this package.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
 
 DOMAIN = CUSTOM_OP_DOMAIN  # the op identities are defined once, in runtime/manifest.py
 OP_TYPE = CUSTOM_OP_SCAN
-LIB_NAME = "libmvgpt_ops.so"
+LIB_NAME = "libmvgpt_ops.dylib" if sys.platform == "darwin" else "libmvgpt_ops.so"
 LIB_ENV = "MVGPT_OPS_LIBRARY"  # optional override: an already-built library elsewhere
 
 

@@ -1,8 +1,16 @@
 """Build the mvgpt custom-op library: ``python -m mvgpt.kernels.build``.
 
-Owns the one build step of mvgpt: find onnxruntime's C/C++ headers, then compile
-the kernel sources with ``g++ -O3 -shared -fPIC`` into ``kernels/lib/libmvgpt_ops.so``. The
-library does not link libonnxruntime (``ORT_API_MANUAL_INIT``); onnxruntime loads it at run time.
+Owns the one build step of mvgpt: find onnxruntime's C/C++ headers, then compile the kernel
+sources with ``$CXX`` (default g++; clang++ works too) ``-O3 -shared -fPIC`` into
+``kernels/lib/libmvgpt_ops.so`` (``.dylib`` on macOS). The library does not link libonnxruntime
+(``ORT_API_MANUAL_INIT``); onnxruntime loads it at run time, so on macOS it is linked with
+``-undefined dynamic_lookup``.
+
+No flag depends on the CPU architecture: on x86-64 each instruction set's code is compiled under
+its own target pragma and chosen at run time, and on AArch64 NEON is part of the base
+architecture, so one library runs on every CPU of its architecture. ``--werror`` turns warnings
+into errors; ``--output`` writes the library elsewhere (e.g. a cross-compiled one:
+``CXX=aarch64-linux-gnu-g++ python -m mvgpt.kernels.build --output /tmp/libmvgpt_ops.so``).
 
 Headers, first found wins:
 1. ``$ORT_INCLUDE_DIR`` (a folder holding ``onnxruntime_cxx_api.h``);
@@ -27,6 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mvgpt.kernels import LIB_NAME
 from mvgpt.runtime.errors import KernelError
 
 KERNEL_DIR = Path(__file__).resolve().parent
@@ -39,7 +48,8 @@ HEADERS = tuple(
     )
 )  # fmt: skip
 DEPENDS = (*SOURCES, *HEADERS)  # rebuild when any of these is newer than the library
-LIB_PATH = KERNEL_DIR / "lib" / "libmvgpt_ops.so"
+LIB_PATH = KERNEL_DIR / "lib" / LIB_NAME
+CXXFLAGS = ("-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra")
 HEADER_CACHE = KERNEL_DIR / "_headers"
 SDK_DIRS = (Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime"))
 HEADER = "onnxruntime_lite_custom_op.h"
@@ -167,43 +177,86 @@ def is_up_to_date(lib: Path = LIB_PATH) -> bool:
     return lib.stat().st_mtime >= newest
 
 
-def build(force: bool = False, verbose: bool = False) -> Path:
-    """Compile the custom-op library if needed; returns its path."""
-    if not force and is_up_to_date():
-        return LIB_PATH
+def target_machine(compiler: str) -> str:
+    """The target triple of ``compiler`` (``-dumpmachine``), e.g. ``aarch64-linux-gnu``."""
+    try:
+        run = subprocess.run([compiler, "-dumpmachine"], capture_output=True, text=True)
+    except OSError as e:
+        raise KernelError(
+            f"C++ compiler '{compiler}' could not run: expected g++ or clang++ (C++17), got "
+            f"{e}; fix: install one (Debian/Ubuntu: apt-get install g++) or set CXX"
+        ) from e
+    if run.returncode != 0 or not run.stdout.strip():
+        raise KernelError(
+            f"'{compiler} -dumpmachine' failed (exit {run.returncode}): expected a target triple, "
+            f"got {run.stderr.strip()[-300:]!r}; fix: set CXX to g++ or clang++"
+        )
+    return run.stdout.strip()
+
+
+def compile_command(
+    compiler: str,
+    sources: tuple[Path, ...] | list[Path],
+    output: Path,
+    include: Path | None,
+    shared: bool = True,
+    werror: bool = False,
+    target: str | None = None,
+) -> list[str]:
+    """The compiler command for ``sources``: the library (``shared``) or, with ``include=None``
+    and ``shared=False``, a program such as ``check/kernel_check.cc``. onnxruntime's headers are
+    ``-isystem`` (their warnings are not ours). ``target``: the compiler's triple when known."""
+    target = target if target is not None else target_machine(compiler)
+    cmd = [compiler, *CXXFLAGS, *(["-Werror"] if werror else [])]
+    cmd += [f"-isystem{include}"] if include is not None else []
+    if shared:
+        cmd += ["-shared"] + (["-undefined", "dynamic_lookup"] if "darwin" in target else [])
+    return [*cmd, *map(str, sources), "-o", str(output), "-pthread"]
+
+
+def build(
+    force: bool = False, verbose: bool = False, werror: bool = False, output: Path | None = None
+) -> Path:
+    """Compile the custom-op library if needed (always when ``output`` is given); returns its
+    path."""
+    lib = Path(output) if output is not None else LIB_PATH
+    if output is None and not force and not werror and is_up_to_date():
+        return lib
     compiler = os.environ.get("CXX", "g++")
     if shutil.which(compiler) is None:
         raise KernelError(
-            f"C++ compiler '{compiler}' not found: expected g++ (C++17) on PATH; fix: install "
-            "it (Debian/Ubuntu: apt-get install g++) or set CXX"
+            f"C++ compiler '{compiler}' not found: expected g++ or clang++ (C++17) on PATH; fix: "
+            "install it (Debian/Ubuntu: apt-get install g++) or set CXX"
         )
     include = find_headers()
-    LIB_PATH.parent.mkdir(parents=True, exist_ok=True)
-    tmp_lib = LIB_PATH.with_suffix(".so.tmp")
-    cmd = [
-        compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden",
-        "-Wall", "-Wextra", f"-I{include}", *map(str, SOURCES), "-o", str(tmp_lib), "-pthread",
-    ]  # fmt: skip
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    tmp_lib = lib.with_name(lib.name + ".tmp")
+    cmd = compile_command(compiler, SOURCES, tmp_lib, include, werror=werror)
     if verbose:
         print(" ".join(cmd), file=sys.stderr)
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
+        tmp_lib.unlink(missing_ok=True)
         raise KernelError(
             f"compiling the mvgpt kernels failed (exit {run.returncode}) with headers "
             f"from {include}:\n{run.stderr[-4000:]}\nfix: check the compiler (C++17 needed) "
             "and the headers (set ORT_INCLUDE_DIR)"
         )
-    os.replace(tmp_lib, LIB_PATH)
-    return LIB_PATH
+    os.replace(tmp_lib, lib)
+    return lib
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--verbose", action="store_true", help="echo the compiler command")
+    parser.add_argument("--werror", action="store_true", help="warnings are errors (rebuilds)")
+    parser.add_argument(
+        "--output", type=Path, help=f"write the library here instead of {LIB_PATH} (always builds)"
+    )
     args = parser.parse_args(argv)
     try:
-        path = build(force=args.force, verbose=args.verbose)
+        path = build(force=args.force, verbose=args.verbose, werror=args.werror, output=args.output)
     except KernelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
