@@ -1,10 +1,11 @@
 """Quantized precisions of a package: which graph gets which weight quantization, the int8
 embedding-table graph, and the check of every quantized graph against its fp32 ONNX graph.
 
-- ``int8``: onnxruntime's dynamic quantization (int8 weights, uint8 activations quantized at run
-  time) of the MatMuls with constant weights in clip_vision, video_mamba (custom-op and portable),
-  both projectors and the decoder (its tied lm_head is a plain MatMul on a constant-folded,
-  pre-transposed copy of the table, so it is quantized too). embed_tokens becomes an int8 table
+- ``int8``: onnxruntime's dynamic quantization (int8 weights in the 7-bit range [-64, 64], see
+  INT8_REDUCE_RANGE; uint8 activations quantized at run time) of the MatMuls with constant
+  weights in clip_vision, video_mamba (custom-op and portable), both projectors and the decoder
+  (its tied lm_head is a plain MatMul on a constant-folded, pre-transposed copy of the table, so
+  it is quantized too). embed_tokens becomes an int8 table
   with one fp32 scale per row, dequantized in the graph (Gather, Gather, Mul). The frame scorer
   stays fp32: it has no weights and its softmax scores decide which frames are kept.
 - ``int4``: the decoder's weight MatMuls (lm_head included) as ``MatMulNBits`` (4-bit symmetric
@@ -26,30 +27,36 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mvgpt.exporter.agreement import QuantCheck, check_quantized
 from mvgpt.exporter.graphs import save_model
-from mvgpt.exporter.validate import session
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import ExportError
 
 PRECISIONS = ("fp32", "int8", "int4", "int4-b128")
 MIN_COSINE = 0.99
 INT8_PER_CHANNEL = True  # 0.5b decoder: cosine 0.9965 vs 0.9956 per-tensor, same speed
+# Weights in [-64, 64], not [-127, 127], so that no CPU's int8 kernel saturates: onnxruntime's
+# u8 x s8 kernel for AVX2 (and AVX-512 without VNNI) adds pairs of u8 * s8 products in int16
+# (vpmaddubsw), which overflows past 32767 when both weights of a pair are large and the
+# activations near 255; 255 * 64 * 2 = 32640 fits. VNNI adds four products in int32 and never
+# saturated, so full-range packages answered differently by CPU (tiny decoder on an emulated
+# Haswell: cosine 0.9977 vs 0.9999 on VNNI). Measured on the seed-0 random 0.5b decoder
+# against fp32 (VNNI): full range 0.99649, 7-bit 0.99343, u8 weights (onnxruntime's u8 x u8
+# kernel, which cannot saturate either) 0.99662 but a 512-token prefill 1.6x slower; the
+# 7-bit weights keep the u8 x s8 kernels' speed on every CPU (tests/export/test_int8_any_cpu.py).
+INT8_REDUCE_RANGE = True
+INT8_WEIGHT_RANGE = (-64, 64)  # what INT8_REDUCE_RANGE gives symmetric int8 weights
 INT8_OP_TYPES = ["MatMul"]  # the traced graphs hold no Gemm (Linear on 3-D inputs is MatMul+Add)
 INT4_BLOCK_SIZES = {"int4": 32, "int4-b128": 128}
 INT4_ACCURACY_LEVEL = 4  # int8 activations x int4 weights: the fast CPU path
-PREFILL_TOKENS = 48
-DECODE_STEPS = 8
-VALIDATION_FRAMES = 4  # the value of every symbolic frame/batch axis in the checks
-SEED = 0
 
-INT8_DYNAMIC = "int8_dynamic_matmul"
+INT8_DYNAMIC = "int8_dynamic_matmul_7bit"  # M.INT8_FULL_RANGE before the 7-bit weights
 INT8_EMBEDDING = "int8_per_row_table"
 INT4_MATMULNBITS = {
     precision: f"int4_matmulnbits_block{block}_acc{INT4_ACCURACY_LEVEL}"
@@ -58,27 +65,6 @@ INT4_MATMULNBITS = {
 FP32 = "fp32"
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class QuantCheck:
-    stage: str  # stage name, or "video_mamba_portable"
-    file: str
-    method: str
-    max_abs_diff: float
-    cosine: float
-    top1_agreement: float | None  # decoder only: argmax of logits, quantized vs fp32
-    ok: bool
-
-    def to_dict(self) -> dict:
-        out = {
-            M.Q_METHOD: self.method,
-            M.Q_COSINE: self.cosine,
-            M.Q_MAX_ABS_DIFF: self.max_abs_diff,
-        }
-        if self.top1_agreement is not None:
-            out[M.Q_TOP1] = self.top1_agreement
-        return out
 
 
 def plan(precision: str, files: dict[str, str]) -> dict[str, str]:
@@ -121,7 +107,7 @@ def quantize_int8(src: Path, dst: Path) -> None:
             tmp,
             op_types_to_quantize=INT8_OP_TYPES,
             per_channel=INT8_PER_CHANNEL,
-            reduce_range=False,  # VNNI/AMX CPUs do not saturate u8s8 products
+            reduce_range=INT8_REDUCE_RANGE,
             weight_type=QuantType.QInt8,
             use_external_data_format=True,
             extra_options={"MatMulConstBOnly": True},
@@ -230,102 +216,6 @@ def quantize_package(
     finally:
         shutil.rmtree(qdir, ignore_errors=True)
     return checks
-
-
-def _feeds(sess, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random normal inputs; symbolic axes get VALIDATION_FRAMES."""
-    feeds = {}
-    for arg in sess.get_inputs():
-        shape = [d if isinstance(d, int) else VALIDATION_FRAMES for d in arg.shape]
-        feeds[arg.name] = rng.standard_normal(shape, dtype=np.float32)
-    return feeds
-
-
-def _compare(got: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float]:
-    """(max |diff|, cosine) over all outputs flattened together."""
-    a = np.concatenate([x.ravel() for x in got]).astype(np.float64)
-    b = np.concatenate([x.ravel() for x in ref]).astype(np.float64)
-    cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
-    return float(np.max(np.abs(a - b))), cosine
-
-
-def check_quantized(
-    fp32_dir: Path,
-    quant_dir: Path,
-    files: dict[str, str],
-    methods: dict[str, str],
-    min_cosine: float = MIN_COSINE,
-) -> list[QuantCheck]:
-    """Each quantized graph against its fp32 graph on the same seeded inputs."""
-    rng = np.random.default_rng(SEED)
-    upstream: dict[str, np.ndarray] = {}  # fp32 encoder outputs, fed to the projectors
-    checks = []
-    for key, method in methods.items():
-        custom = key in (M.VIDEO_MAMBA, M.DECODER)  # the graphs with mvgpt ops
-        ref_sess = session(fp32_dir / files[key], custom_ops=custom)
-        got_sess = session(quant_dir / files[key], custom_ops=custom)
-        top1 = None
-        if key == M.DECODER:
-            embed = session(fp32_dir / files[M.EMBED_TOKENS], custom_ops=False)
-            ref, got, top1 = _decoder_outputs(ref_sess, got_sess, embed, rng)
-        else:
-            feeds = _feeds(ref_sess, rng)
-            if key == M.EMBED_TOKENS:
-                vocab = _vocab_size(fp32_dir / files[M.DECODER])
-                feeds = {"input_ids": rng.integers(0, vocab, (2, PREFILL_TOKENS), dtype=np.int64)}
-            elif key == M.IMAGE_PROJECTOR and M.CLIP_VISION in upstream:
-                feeds = {ref_sess.get_inputs()[0].name: upstream[M.CLIP_VISION]}
-            elif key == M.VIDEO_PROJECTOR and M.VIDEO_MAMBA in upstream:
-                feeds = {ref_sess.get_inputs()[0].name: upstream[M.VIDEO_MAMBA]}
-            ref, got = ref_sess.run(None, feeds), got_sess.run(None, feeds)
-            if key in (M.CLIP_VISION, M.VIDEO_MAMBA):
-                upstream[key] = ref[0]
-        abs_diff, cosine = _compare(got, ref)
-        checks.append(
-            QuantCheck(key, files[key], method, abs_diff, cosine, top1, cosine >= min_cosine)
-        )
-        del ref_sess, got_sess
-    return checks
-
-
-def _vocab_size(decoder: Path) -> int:
-    graph = onnx.load(str(decoder), load_external_data=False).graph
-    logits = next(o for o in graph.output if o.name == "logits")
-    return logits.type.tensor_type.shape.dim[2].dim_value
-
-
-def _decoder_outputs(ref_sess, got_sess, embed_sess, rng):
-    """Logits of both decoders over a random prefill and DECODE_STEPS cached greedy steps
-    (fp32's choice fed to both); returns (ref logits, quantized logits, top-1 agreement)."""
-    vocab = ref_sess.get_outputs()[0].shape[2]
-    pasts = [a for a in ref_sess.get_inputs() if a.name.startswith("past_key_values.")]
-    kv_heads, head_dim = pasts[0].shape[1], pasts[0].shape[3]
-    empty = np.zeros((1, kv_heads, 0, head_dim), np.float32)
-
-    def step(sess, ids, start, past):
-        embeds = embed_sess.run(None, {"input_ids": ids})[0]
-        feeds = {
-            "inputs_embeds": embeds,
-            "attention_mask": np.ones((1, start + ids.shape[1]), np.int64),
-            M.NUM_LOGITS_TO_KEEP: np.array(0, np.int64),
-        }
-        feeds.update(past or {a.name: empty for a in pasts})
-        outs = sess.run(None, feeds)
-        return outs[0][0], {a.name: o for a, o in zip(pasts, outs[1:], strict=True)}
-
-    ids = rng.integers(0, vocab, (1, PREFILL_TOKENS), dtype=np.int64)
-    ref, ref_past = step(ref_sess, ids, 0, None)
-    got, got_past = step(got_sess, ids, 0, None)
-    refs, gots = [ref], [got]
-    for t in range(PREFILL_TOKENS, PREFILL_TOKENS + DECODE_STEPS):
-        token = np.array([[int(np.argmax(refs[-1][-1]))]], np.int64)
-        ref, ref_past = step(ref_sess, token, t, ref_past)
-        got, got_past = step(got_sess, token, t, got_past)
-        refs.append(ref)
-        gots.append(got)
-    ref_all, got_all = np.concatenate(refs), np.concatenate(gots)  # (positions, V)
-    top1 = float(np.mean(ref_all.argmax(-1) == got_all.argmax(-1)))
-    return [ref_all], [got_all], top1
 
 
 def format_table(checks: list[QuantCheck]) -> str:

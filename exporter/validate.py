@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
+from mvgpt.exporter import agreement
 from mvgpt.exporter.wrappers import GraphSpec
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import ExportError
@@ -29,18 +29,6 @@ class StageCheck:
     max_rel_diff: float
     cosine: float
     ok: bool
-
-
-def session(path: Path, custom_ops: bool, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: ORT's notes on optional inputs are not news here
-    if threads:
-        opts.intra_op_num_threads = threads
-    if custom_ops:
-        from mvgpt import kernels
-
-        kernels.register(opts)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def fresh_inputs(spec: GraphSpec, gen: torch.Generator) -> tuple:
@@ -66,11 +54,9 @@ def fresh_inputs(spec: GraphSpec, gen: torch.Generator) -> tuple:
 
 
 def compare(ort_out: list[np.ndarray], torch_out: list[np.ndarray]) -> tuple[float, float, float]:
-    abs_diff = max(float(np.max(np.abs(a - b))) for a, b in zip(ort_out, torch_out, strict=True))
+    """(max |diff|, max |diff| relative to max(1, max |torch|), cosine)."""
+    abs_diff, cosine = agreement.compare(ort_out, torch_out)
     scale = max(1.0, max(float(np.max(np.abs(b))) for b in torch_out))
-    a = np.concatenate([x.ravel() for x in ort_out]).astype(np.float64)
-    b = np.concatenate([x.ravel() for x in torch_out]).astype(np.float64)
-    cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
     return abs_diff, abs_diff / scale, cosine
 
 
@@ -84,7 +70,7 @@ def check_stage(
     expected = expected if isinstance(expected, tuple) else (expected,)
     torch_out = [t.float().numpy() for t in expected]
     feeds = {s.name: t.numpy() for s, t in zip(spec.inputs, inputs, strict=True)}
-    ort_out = session(path, custom_ops).run([s.name for s in spec.outputs], feeds)
+    ort_out = agreement.session(path, custom_ops).run([s.name for s in spec.outputs], feeds)
     abs_diff, rel_diff, cosine = compare(ort_out, torch_out)
     return StageCheck(spec.stage, path.name, abs_diff, rel_diff, cosine, rel_diff <= tolerance)
 

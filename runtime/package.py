@@ -322,7 +322,41 @@ def load_package(folder: str | Path, provider: str = "cpu", threads: int | None 
             f"mismatches: {'; '.join(problems)}); {_FIX_EXPORT}"
         )
     custom_ops = all(uses_ops.values())
+    notes += int8_notes(data, provider)
     return Package(folder, data, tokenizer, sessions, provider, custom_ops, notes)
+
+
+# CPU flags with an int8 dot product that adds u8 * s8 products in int32 (no int16 saturation)
+INT32_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The x86 CPU's feature flags, or None where they cannot be read (not Linux, not x86)."""
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        return None
+    return None
+
+
+def int8_notes(manifest: dict, provider: str, flags: set[str] | None = None) -> list[str]:
+    """A note when the package's int8 weights use the full s8 range (exported before the 7-bit
+    weights) and this x86 CPU's int8 kernel adds products in int16, where they saturate."""
+    stages = (manifest.get(M.K_QUANTIZATION) or {}).get(M.Q_STAGES) or {}
+    full_range = sorted(k for k, e in stages.items() if e.get(M.Q_METHOD) == M.INT8_FULL_RANGE)
+    flags = cpu_flags() if flags is None else flags
+    if provider != "cpu" or not full_range or flags is None or "avx2" not in flags:
+        return []
+    if any(f in flags for f in INT32_DOT_FLAGS):
+        return []
+    return [
+        f"{', '.join(full_range)}: this package's int8 weights use the full s8 range, which this "
+        "CPU's int8 kernel (no VNNI) saturates: answers differ from VNNI CPUs; fix: re-export "
+        "it with this mvgpt-export (7-bit weights, the same speed)"
+    ]
 
 
 # the stages whose graphs use mvgpt ops, and the op each needs

@@ -31,3 +31,20 @@ def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_package") / "pkg"
     export_package(*tiny_checkpoint, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_quantized_package(tiny_checkpoint, tmp_path_factory):
+    """``make(precision)``: the tiny checkpoint exported at that precision, once per session."""
+    from mvgpt.exporter.package import export_package
+
+    made: dict[str, Path] = {}
+
+    def make(precision: str) -> Path:
+        if precision not in made:
+            out = tmp_path_factory.mktemp(f"tiny_{precision}") / "pkg"
+            export_package(*tiny_checkpoint, out, precision=precision)
+            made[precision] = out
+        return made[precision]
+
+    return make

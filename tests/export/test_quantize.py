@@ -20,20 +20,15 @@ from mvgpt.runtime.errors import ExportError
 from tests.packages import assert_graphs_match_manifest
 
 
-def _export(tiny_checkpoint, tmp_path_factory, precision):
-    out = tmp_path_factory.mktemp(precision) / "pkg"
-    export_package(*tiny_checkpoint, out, precision=precision)
-    return out, json.loads((out / M.MANIFEST_FILE).read_text())
-
-
 @pytest.fixture(scope="module")
 def fp32(tiny_package):
     return tiny_package, json.loads((tiny_package / M.MANIFEST_FILE).read_text())
 
 
 @pytest.fixture(scope="module", params=["int8", "int4"])
-def quantized(request, tiny_checkpoint, tmp_path_factory):
-    return request.param, *_export(tiny_checkpoint, tmp_path_factory, request.param)
+def quantized(request, tiny_quantized_package):
+    out = tiny_quantized_package(request.param)
+    return request.param, out, json.loads((out / M.MANIFEST_FILE).read_text())
 
 
 def _ops(path):
@@ -148,3 +143,25 @@ def test_int4_precisions_differ_only_in_the_decoders_block_size():
         k: v for k, v in b128.items() if k != M.DECODER
     }
     assert all(method in Q.QUANTIZERS for method in b128.values() if method != Q.FP32)
+
+
+def test_int8_weights_stay_in_the_range_no_kernel_saturates(quantized):
+    from mvgpt.exporter.quantize import INT8_WEIGHT_RANGE
+
+    precision, out, _ = quantized
+    lo, hi = INT8_WEIGHT_RANGE
+    for name in ("clip_vision.onnx", "video_mamba.onnx", "decoder.onnx"):
+        model = onnx.load(str(out / name))
+        weights = {i.name: i for i in model.graph.initializer}
+        seen = [
+            onnx.numpy_helper.to_array(weights[n.input[1]])
+            for n in model.graph.node
+            if n.op_type == "MatMulInteger" and n.input[1] in weights
+        ]
+        if precision == "int4" and name == "decoder.onnx":
+            assert not seen  # MatMulNBits: int4 weights, int8 activations (no u8 x s8 pairs)
+            continue
+        low, high = min(int(w.min()) for w in seen), max(int(w.max()) for w in seen)
+        print(f"{precision} {name}: {len(seen)} int8 weight matrices in [{low}, {high}]")
+        assert seen and all(w.dtype == np.int8 for w in seen)
+        assert lo <= low and high <= hi

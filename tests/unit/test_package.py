@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import KernelError, MvgptError, PackageError
 from mvgpt.runtime.package import load_package, read_manifest
 
@@ -132,3 +133,21 @@ def test_sessions_share_one_cpu_arena():
 
     options = _session_options(2)
     assert options.get_session_config_entry(SHARED_ARENA[0]) == SHARED_ARENA[1] == "1"
+
+
+def test_full_range_int8_package_gets_a_note_only_on_cpus_that_saturate(tmp_path):
+    from mvgpt.runtime.package import cpu_flags, int8_notes
+
+    old = {M.K_QUANTIZATION: {M.Q_STAGES: {M.DECODER: {M.Q_METHOD: M.INT8_FULL_RANGE}}}}
+    new = {M.K_QUANTIZATION: {M.Q_STAGES: {M.DECODER: {M.Q_METHOD: "int8_dynamic_matmul_7bit"}}}}
+    avx2, vnni = {"sse2", "avx2", "fma"}, {"avx2", "fma", "avx512f", "avx512_vnni"}
+    notes = int8_notes(old, "cpu", avx2)
+    print(notes)
+    assert len(notes) == 1 and "decoder" in notes[0] and "re-export" in notes[0]
+    assert int8_notes(old, "cpu", vnni) == [] and int8_notes(old, "cpu", {"avx2", "avx_vnni"}) == []
+    assert int8_notes(new, "cpu", avx2) == [] and int8_notes({}, "cpu", avx2) == []
+    assert int8_notes(old, "cpu", {"neon"}) == []  # not x86: onnxruntime's ARM kernels widen
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\n")
+    assert cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "fma"}
+    assert cpu_flags(str(tmp_path / "absent")) is None

@@ -1,0 +1,70 @@
+"""Running code on CPUs this machine may lack, under qemu's user-mode emulation.
+
+Owns the Debian packages the emulated tests need (installed with apt-get when missing and
+running as root, else the tests say why and skip), the CPU models used, and running this
+Python - the same interpreter, site-packages and mvgpt - on an emulated x86-64 CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+PACKAGES = {  # command -> the Debian package holding it
+    "qemu-aarch64": "qemu-user",
+    "qemu-x86_64": "qemu-user",
+    "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu",
+    "clang++": "clang",
+}
+AVX2_CPU = "Haswell-noTSX"  # AVX2 + FMA, no AVX-512, no VNNI (qemu >= 7.2 emulates AVX2)
+HASWELL = ["qemu-x86_64", "-cpu", AVX2_CPU]
+ARM = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+EMULATED_TIMEOUT_S = 600
+
+_installed: dict[str, str] = {}  # apt-get runs once per package set: its error, or ""
+
+
+def missing_tools(*commands: str) -> str:
+    """Why ``commands`` cannot run ("" when they are on PATH, after installing their Debian
+    packages when missing and running as root)."""
+    missing = [c for c in commands if shutil.which(c) is None]
+    if not missing:
+        return ""
+    packages = sorted({PACKAGES[c] for c in missing})
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return f"{', '.join(missing)} missing (not root with apt-get): install {' '.join(packages)}"
+    key = " ".join(packages)
+    if key not in _installed:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+        run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if run.returncode != 0:  # package lists absent or stale
+            subprocess.run(["apt-get", "update"], capture_output=True, env=env)
+            run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        _installed[key] = run.stderr.strip()[-300:] if run.returncode != 0 else ""
+    if still := [c for c in commands if shutil.which(c) is None]:
+        return f"{', '.join(still)} missing after apt-get install {key}: {_installed[key]}"
+    return ""
+
+
+def run_python(args: list[str], cpu: str | None = None, env: dict | None = None) -> str:
+    """Run this interpreter with ``args`` (natively, or on the emulated x86-64 ``cpu`` model);
+    returns its stdout, skips when qemu cannot be had, fails with its stderr when it fails."""
+    prefix: list[str] = []
+    if cpu is not None:
+        if why := missing_tools("qemu-x86_64"):
+            pytest.skip(why)
+        prefix = ["qemu-x86_64", "-cpu", cpu]
+    run = subprocess.run(
+        [*prefix, os.path.realpath(sys.executable), *args],
+        capture_output=True,
+        text=True,
+        timeout=EMULATED_TIMEOUT_S,
+        env={**os.environ, **(env or {})},
+    )
+    assert run.returncode == 0, f"{' '.join(prefix)} python {' '.join(args)[:200]}:\n{run.stderr}"
+    return run.stdout
