@@ -31,7 +31,9 @@ setup(
     python_requires=">=3.10",
     packages=["mvgpt"] + [f"mvgpt.{name}" for name in FOLDERS],
     package_dir={"mvgpt": "mvgpt", **{f"mvgpt.{name}": name for name in FOLDERS}},
-    package_data={"mvgpt.kernels": ["*.cc", "*.h", "lib/*.so", "lib/*.dylib"]},
+    package_data={
+        "mvgpt.kernels": ["*.cc", "*.h", "check/*.cc", "check/*.h", "lib/*.so", "lib/*.dylib"]
+    },
     install_requires=RUNTIME,
     extras_require={"runtime": [], "export": EXPORT, "dev": DEV},
     entry_points={

@@ -1,20 +1,31 @@
 """Test helper for the two custom ops' kernels: random cases, float64 references, the ONNX graph of
-the attention op, and the instruction sets this CPU has by /proc/cpuinfo.
+the attention op, and the kernel check program (kernels/check/kernel_check.cc) - building it,
+writing a case file, running it (natively or under an emulator) and reading its output.
+
+The attention case (``feeds``) and reference (``naive_step``) are shared by the onnxruntime tests
+(tests/unit/test_attention_kernel.py) and the emulated ones (tests/unit/test_kernels_emulated.py).
 """
 
 from __future__ import annotations
 
 import platform
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper
 
+from mvgpt.kernels import build
 from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN
 
+CHECK_SOURCE = build.KERNEL_DIR / "check" / "kernel_check.cc"
 MAX_POS = 4096  # rotary table rows: room for the long-cache tests
 THETA = 10000.0
+# What the tests accept of a float32 kernel against float64 (seen: ~1e-6)
+SCAN_MAX_REL = 2e-5  # max |y - ref| / max(1, max |ref|)
+ATTENTION_MAX_ABS = 2e-5  # max |out - ref|; new key rows (rotated): 1e-5; value rows: exact
+KEY_MAX_ABS = 1e-5
 
 
 # ---------------------------------------------------------------- instruction sets
@@ -72,6 +83,16 @@ def scan_reference(feeds: dict[str, np.ndarray], softplus: bool) -> np.ndarray:
 
 def scan_max_rel(y: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(y - ref).max() / max(1.0, float(np.abs(ref).max())))
+
+
+def write_scan_case(path: Path, feeds: dict[str, np.ndarray], softplus: bool) -> None:
+    batch, dim, length = feeds["u"].shape
+    header = [batch, dim, length, feeds["A"].shape[1], "z" in feeds, "delta_bias" in feeds]
+    arrays = [feeds[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias") if k in feeds]
+    with open(path, "wb") as f:
+        f.write(b"MVGSCAN1" + np.array([*header, softplus], "<i8").tobytes())
+        for a in arrays:
+            f.write(np.ascontiguousarray(a, "<f4").tobytes())
 
 
 # ---------------------------------------------------------------- decode attention
@@ -167,3 +188,87 @@ def naive_step(f, nh, kvh, hd, packed, rotary=True):
                 p = np.exp(s - s.max())
                 out[b, 0, j * hd : (j + 1) * hd] = (p / p.sum()) @ vals
     return out, new_k, v.reshape(batch, kvh, hd)
+
+
+def write_attention_case(
+    path: Path, f: dict[str, np.ndarray], nh: int, kvh: int, hd: int, in_place: bool
+) -> None:
+    """``f``: packed ``feeds`` of one position (rotary or not)."""
+    batch, _, cache, _ = f["pk"].shape
+    rows = f["cos"].shape[0] if "cos" in f else 0
+    header = np.array([batch, nh, kvh, hd, cache, rows, in_place], "<i8")
+    arrays = [np.float32(hd**-0.5), f["q"], f["sl"].astype("<i4"), f["pk"], f["pv"]]
+    arrays += [f["cos"], f["sin"]] if rows else []
+    with open(path, "wb") as out:
+        out.write(b"MVGATTN1" + header.tobytes())
+        for a in arrays:
+            out.write(np.ascontiguousarray(a, a.dtype if a.dtype == np.int32 else "<f4").tobytes())
+
+
+def read_attention_output(path: Path, f: dict[str, np.ndarray], nh: int, hd: int):
+    """(output (B,1,nh*hd), present_key, present_value) as the program wrote them."""
+    data = np.fromfile(path, "<f4")
+    batch, n_out, kv = f["pk"].shape[0], f["pk"].shape[0] * nh * hd, f["pk"].size
+    assert data.size == n_out + 2 * kv, f"{path}: {data.size} floats, expected {n_out + 2 * kv}"
+    out, shape = data[:n_out].reshape(batch, 1, nh * hd), f["pk"].shape
+    return out, data[n_out : n_out + kv].reshape(shape), data[n_out + kv :].reshape(shape)
+
+
+def attention_diffs(f, got, nh, kvh, hd) -> tuple[float, float, bool]:
+    """(max |out - ref|, max |new key rows - ref|, value rows and the past rows kept exactly)."""
+    out, present_k, present_v = got
+    want, new_k, new_v = naive_step(f, nh, kvh, hd, True, rotary="cos" in f)
+    exact = True
+    key_diff = 0.0
+    for b, pos in enumerate(f["sl"]):
+        key_diff = max(key_diff, float(np.abs(present_k[b, :, pos] - new_k[b]).max()))
+        exact &= bool(np.array_equal(present_v[b, :, pos], new_v[b]))
+        exact &= bool(np.array_equal(present_k[b, :, :pos], f["pk"][b, :, :pos]))
+        exact &= bool(np.array_equal(present_v[b, :, :pos], f["pv"][b, :, :pos]))
+    return float(np.abs(out - want).max()), key_diff, exact
+
+
+# ---------------------------------------------------------------- simd.h's exp2 and max alone
+def vector_inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """x: the edges of exp2's clamp (+-127, beyond, infinities, NaN) then random values; y: the
+    other operand of max, NaN in places. 1024 floats each, a multiple of every width."""
+    edges = [-np.inf, -1000, -200, -128, -127, -126.5, -126, -1, -0.0, 0, 0.5, 1, 126, 126.9, 127]
+    edges += [127.5, 128, 1000, np.inf, np.nan]
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([edges, rng.uniform(-140, 140, 1024 - len(edges))]).astype(np.float32)
+    y = rng.standard_normal(1024).astype(np.float32)
+    y[::7] = np.nan
+    return x, y
+
+
+def write_vector_case(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        f.write(b"MVGVECT1" + np.array([x.size], "<i8").tobytes())
+        f.write(np.ascontiguousarray(x, "<f4").tobytes() + np.ascontiguousarray(y, "<f4").tobytes())
+
+
+# ---------------------------------------------------------------- the check program
+def build_check(compiler: str, output: Path) -> Path:
+    """Compile kernels/check/kernel_check.cc with the library's flags and -Werror."""
+    cmd = build.compile_command(compiler, [CHECK_SOURCE], output, None, shared=False, werror=True)
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stderr[-4000:]}"
+    return output
+
+
+def run_check(
+    prefix: list[str], program: Path, case: Path, out: Path, isa: str = "", timeout: float = 120
+) -> dict[str, str]:
+    """Run the program (under ``prefix``, e.g. an emulator); its report, e.g. {'op': 'scan',
+    'isa': 'neon'}. Raises CheckError with its stderr when it fails."""
+    cmd = [*prefix, str(program), str(case), str(out), *([isa] if isa else [])]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if run.returncode != 0:
+        raise CheckError(run.returncode, run.stderr.strip())
+    return dict(re.findall(r"(\w+)=(\S+)", run.stdout))
+
+
+class CheckError(Exception):
+    def __init__(self, code: int, stderr: str):
+        super().__init__(f"kernel_check exited {code}: {stderr}")
+        self.code, self.stderr = code, stderr
