@@ -60,7 +60,7 @@ def run_python(args: list[str], cpu: str | None = None, env: dict | None = None)
             pytest.skip(why)
         prefix = ["qemu-x86_64", "-cpu", cpu]
     run = subprocess.run(
-        [*prefix, os.path.realpath(sys.executable), *args],
+        [*prefix, sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=EMULATED_TIMEOUT_S,
