@@ -39,16 +39,11 @@ SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_
 
 
 def cpu_flags(wanted: Sequence[str] = SIMD_FLAGS) -> list[str]:
-    """The subset of `wanted` instruction-set flags this CPU reports."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
+    """The subset of `wanted` instruction-set flags this CPU reports (x86 Linux; [] elsewhere)."""
+    from mvgpt.runtime.package import cpu_flags as all_flags
+
+    have = all_flags() or set()
+    return [w for w in wanted if w in have]
 
 
 def commit() -> str:
@@ -65,12 +60,13 @@ def commit() -> str:
 def environment(
     threads: int, versions: dict[str, str], provider: str | None = None
 ) -> dict[str, Any]:
-    """The fields every JSON line carries: host, cpu, python, library versions, threads,
-    provider (when given) and commit, in that order."""
+    """The fields every JSON line carries: host, cpu, its instruction-set flags, python, library
+    versions, threads, provider (when given) and commit, in that order."""
     env: dict[str, Any] = {
         "host": platform.node(),
         "cpu": cpu_name(),
         "python": platform.python_version(),
+        "cpu_flags": cpu_flags(),
         **versions,
         "threads": threads,
     }

@@ -58,8 +58,9 @@ def _env(row: dict) -> str:
         for k in ("onnxruntime", "torch", "numpy", "transformers", "onnxruntime_genai")
         if k in row
     ]
+    flags = f" ({', '.join(row['cpu_flags'])})" if row.get("cpu_flags") else ""
     return (
-        f"{row.get('cpu', '?')}, {row.get('threads', '?')} threads, "
+        f"{row.get('cpu', '?')}{flags}, {row.get('threads', '?')} threads, "
         f"{row.get('provider', 'CPU')}, {', '.join(versions)}, commit {row.get('commit', '?')}"
     )
 
@@ -172,7 +173,8 @@ def attention_section(rows: list[dict]) -> list[str]:
         mine = [r for k, r in latest.items() if (k[0], k[1]) == (host, cpu)]
         first = mine[0]
         out += [
-            f"{cpu}, onnxruntime {first.get('onnxruntime')}, commit {first.get('commit')}; "
+            f"{cpu} ({', '.join(first.get('cpu_flags') or ['flags not recorded'])}), "
+            f"onnxruntime {first.get('onnxruntime')}, commit {first.get('commit')}; "
             f"{first['layers']} layers' caches, one position after {first['past']} "
             f"({first['cache_bytes'] / 1e6:.0f} MB).",
             "",
