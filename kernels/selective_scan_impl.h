@@ -5,6 +5,7 @@
 // not include anything itself. Vectors run across channels: one lane per channel of a block of W
 // channels, so the sum over the state index n is a plain vector FMA and the state h[n] of every
 // lane stays in registers; B_t[n] and C_t[n] are shared by all channels and are broadcast.
+// (AVX2, 16 registers, runs N = 8 or 16 with lanes across the state instead: "state lanes".)
 //
 // Per block and per chunk of kChunk time steps:
 //   1. transpose delta and u rows of W channels into time-major tiles (t, lane);
@@ -106,13 +107,262 @@ inline void recur(int64_t count, int64_t state, const float* dt_t, const float* 
   }
 }
 
+// ---------------------------------------------------------------- state lanes
+// An instruction set with 16 registers (AVX2) cannot keep h[16] of W channels in registers beside
+// the exp2 temporaries: the channel-lane recurrence above spills (AVX2 at VideoMamba-M: 13.1 ms
+// against 5.3 ms for AVX-512). Where V declares kRegisters < 32 and N is W or 2 W, lanes run
+// across the state instead: one channel at a time, its h[N] in N / W registers, dt and dt * u
+// broadcast per step, and the products C_t[n] h[n] of W steps summed into W outputs by V::sums.
+// u, delta, z and y are read and written along their rows: no transposes. Needs V::sums and
+// V::exp2_nonpos besides the common operations.
+
+template <typename T, typename = int>
+struct FewRegisters {
+  static constexpr bool value = false;
+};
+template <typename T>
+struct FewRegisters<T, decltype(static_cast<void>(T::kRegisters), 0)> {
+  static constexpr bool value = T::kRegisters < 32;
+};
+
+constexpr int64_t kLaneChunk = 128;  // steps per chunk (64: 5% slower, 256: 4%)
+constexpr int kGroup = 4;            // vectors of steps whose softplus exponentials interleave
+constexpr int64_t kGroupSteps = kGroup * kLanes;
+
+// log1p(e) / e on [0, 1], degree 8, fitted for relative error (softplus: 2.0e-7 in fp32)
+constexpr float kLog1p[9] = {1.0f, -0.49999865889549255f, 0.3332783877849579f,
+                             -0.2491355836391449f, 0.1937987208366394f, -0.14237193763256073f,
+                             0.08487555384635925f, -0.033511463552713394f, 0.006212139502167702f};
+
+// n <= W floats at p as a vector (lanes n..W-1: 0; n <= 0: all 0), and its first n lanes to p
+inline V load_part(const float* p, int64_t n) {
+  if (n >= kLanes) return V::load(p);
+  if (n <= 0) return V::zero();
+  float tmp[kLanes] = {};
+  for (int64_t i = 0; i < n; ++i) tmp[i] = p[i];
+  return V::load(tmp);
+}
+inline void store_part(V v, float* p, int64_t n) {
+  if (n >= kLanes) return v.store(p);
+  if (n <= 0) return;
+  float tmp[kLanes];
+  v.store(tmp);
+  for (int64_t i = 0; i < n; ++i) p[i] = tmp[i];
+}
+
+// softplus(x) = max(x, 0) + log1p(e^-|x|) for kGroup vectors in place: no division (vsoftplus
+// has one), the exponentials interleaved.
+template <typename U>
+inline void softplus_group(U* x) {
+  U e[kGroup];
+  for (int i = 0; i < kGroup; ++i) {
+    e[i] = U::mul(U::max(x[i], U::sub(U::zero(), x[i])), U::set1(-kLog2e));
+  }
+  U::template exp2_nonpos<kGroup>(e);
+  U p[kGroup];
+  for (int i = 0; i < kGroup; ++i) p[i] = U::fma(U::set1(kLog1p[8]), e[i], U::set1(kLog1p[7]));
+  for (int j = 6; j >= 0; --j) {
+    for (int i = 0; i < kGroup; ++i) p[i] = U::fma(p[i], e[i], U::set1(kLog1p[j]));
+  }
+  for (int i = 0; i < kGroup; ++i) x[i] = U::fma(e[i], p[i], U::max(x[i], U::zero()));
+}
+
+// How a chunk computes its decay 2^(dt A log2 e): any inputs (U::exp2); dt >= 0 and A <= 0
+// (U::exp2_nonpos, clamped below); and, as well, dt |A| log2 e <= 126 (no clamp at all).
+enum Decay { kAny, kNonPos, kInRange };
+
+template <typename U, int kDecay>
+inline U decay(U x) {
+  if constexpr (kDecay == kAny) {
+    return U::exp2(x);
+  } else {
+    U::template exp2_nonpos<1, kDecay == kNonPos>(&x);
+    return x;
+  }
+}
+
+// The recurrence of one channel over `count` steps, NS = N / W vectors of state. a2: A * log2(e)
+// of the channel (N); h: its state (N); y: count outputs C_t . h_t. The W steps of a block are
+// unrolled: as a loop, its exit branch cost up to 30% depending on where the code landed.
+template <typename U, int NS, int kDecay>
+inline void recur_lanes(int64_t count, const float* dt, const float* dtu, const float* b_t,
+                        const float* c_t, const float* a2, float* h, float* y) {
+  constexpr int64_t N = NS * kLanes;
+  U hr[NS], ar[NS];
+  for (int s = 0; s < NS; ++s) {
+    hr[s] = U::load(h + s * kLanes);
+    ar[s] = U::load(a2 + s * kLanes);
+  }
+  auto step = [&](int64_t t) {  // h_t from h_{t-1}; returns the W products C_t[n] h_t[n]
+    const U d = U::set1(dt[t]), du = U::set1(dtu[t]);
+    const float* bt = b_t + t * N;
+    const float* ct = c_t + t * N;
+    U yv = U::zero();
+    for (int s = 0; s < NS; ++s) {
+      const U da = decay<U, kDecay>(U::mul(d, ar[s]));
+      hr[s] = U::fma(da, hr[s], U::mul(du, U::load(bt + s * kLanes)));
+      yv = s == 0 ? U::mul(hr[s], U::load(ct)) : U::fma(hr[s], U::load(ct + s * kLanes), yv);
+    }
+    return yv;
+  };
+  int64_t t = 0;
+  for (; t + kLanes <= count; t += kLanes) {
+    U p[kLanes];
+#pragma GCC unroll 16
+    for (int k = 0; k < kLanes; ++k) p[k] = step(t + k);
+    U::sums(p).store(y + t);
+  }
+  if (t < count) {
+    U p[kLanes];
+    for (int k = 0; k < kLanes; ++k) p[k] = t + k < count ? step(t + k) : U::zero();
+    store_part(U::sums(p), y + t, count - t);
+  }
+  for (int s = 0; s < NS; ++s) hr[s].store(h + s * kLanes);
+}
+
+template <typename U, int NS>
+inline void recur_lanes(int decay, int64_t count, const float* dt, const float* dtu,
+                        const float* b_t, const float* c_t, const float* a2, float* h, float* y) {
+  if (decay == kInRange) return recur_lanes<U, NS, kInRange>(count, dt, dtu, b_t, c_t, a2, h, y);
+  if (decay == kNonPos) return recur_lanes<U, NS, kNonPos>(count, dt, dtu, b_t, c_t, a2, h, y);
+  recur_lanes<U, NS, kAny>(count, dt, dtu, b_t, c_t, a2, h, y);
+}
+
+// One group of kGroupSteps steps at t of a channel's chunk (n of them valid, all when kFull):
+// dt (softplus applied) and dt * u into dt, dtu; the max of dt (and, without softplus, of -dt)
+// into hi, lo.
+template <typename U, bool kFull, bool kSoftplus>
+inline void prep_group(const ScanArgs& a, int64_t row, int64_t t, int64_t n, U bias, float* dt,
+                       float* dtu, U& hi, U& lo) {
+  U v[kGroup];
+  for (int i = 0; i < kGroup; ++i) {
+    const float* d = a.delta + row + t + i * kLanes;
+    v[i] = U::add(kFull ? U::load(d) : load_part(d, n - i * kLanes), bias);
+  }
+  if constexpr (kSoftplus) softplus_group<U>(v);
+  for (int i = 0; i < kGroup; ++i) {
+    if (!kFull && i * kLanes >= n) break;
+    hi = U::max(hi, v[i]);
+    if constexpr (!kSoftplus) lo = U::max(lo, U::sub(U::zero(), v[i]));
+    v[i].store(dt + t + i * kLanes);  // the scratch has room for whole groups
+    const float* u = a.u + row + t + i * kLanes;
+    U::mul(v[i], kFull ? U::load(u) : load_part(u, n - i * kLanes)).store(dtu + t + i * kLanes);
+  }
+}
+
+// One channel's chunk of `count` steps from row offset `row`: dt and dt * u into dt, dtu; returns
+// the Decay the recurrence may use given amax = max |A log2 e| (< 0: some A > 0). softplus makes
+// dt >= 0; a NaN dt may escape the max, but it makes dt * u, hence h, NaN whatever the decay.
+template <typename U, bool kSoftplus>
+inline int prep_lanes(const ScanArgs& a, int64_t ch, int64_t row, int64_t count, float amax,
+                      float* dt, float* dtu) {
+  const U bias = U::set1(a.delta_bias != nullptr ? a.delta_bias[ch] : 0.0f);
+  U hi = U::zero(), lo = U::zero();  // max dt, max -dt
+  int64_t t = 0;
+  for (; t + kGroupSteps <= count; t += kGroupSteps) {
+    prep_group<U, true, kSoftplus>(a, row, t, kGroupSteps, bias, dt, dtu, hi, lo);
+  }
+  if (t < count) prep_group<U, false, kSoftplus>(a, row, t, count - t, bias, dt, dtu, hi, lo);
+  if (amax < 0.0f || U::hmax(lo) > 0.0f) return kAny;
+  // dt A log2 e <= 0: no upper clamp; max dt * max |A log2 e| <= 126 (rounding is monotonic):
+  // none at all
+  return U::hmax(hi) * amax <= 126.0f ? kInRange : kNonPos;
+}
+
+// y = (y + D u) * silu(z) for one group of a channel's chunk, into the y row.
+template <typename U, bool kFull>
+inline void finish_group(const ScanArgs& a, int64_t row, int64_t t, int64_t n, U dskip,
+                         const float* y) {
+  U v[kGroup], z[kGroup];
+  for (int i = 0; i < kGroup; ++i) {
+    const float* u = a.u + row + t + i * kLanes;
+    const U uv = kFull ? U::load(u) : load_part(u, n - i * kLanes);
+    v[i] = U::fma(dskip, uv, U::load(y + t + i * kLanes));
+  }
+  if (a.z != nullptr) {
+    for (int i = 0; i < kGroup; ++i) {
+      const float* zz = a.z + row + t + i * kLanes;
+      z[i] = kFull ? U::load(zz) : load_part(zz, n - i * kLanes);
+    }
+    for (int i = 0; i < kGroup; ++i) v[i] = U::mul(v[i], vsilu(z[i]));
+  }
+  for (int i = 0; i < kGroup; ++i) {
+    float* out = a.y + row + t + i * kLanes;
+    if (kFull) {
+      v[i].store(out);
+    } else {
+      store_part(v[i], out, n - i * kLanes);
+    }
+  }
+}
+
+template <typename U>
+inline void finish_lanes(const ScanArgs& a, int64_t ch, int64_t row, int64_t count,
+                         const float* y) {
+  const U dskip = U::set1(a.D[ch]);
+  int64_t t = 0;
+  for (; t + kGroupSteps <= count; t += kGroupSteps) {
+    finish_group<U, true>(a, row, t, kGroupSteps, dskip, y);
+  }
+  if (t < count) finish_group<U, false>(a, row, t, count - t, dskip, y);
+}
+
+// scan_block with lanes across the state; false (nothing done) where V has registers enough or
+// N is not W or 2 W.
+template <typename U>
+inline bool scan_block_lanes(const ScanArgs& a, int64_t b, int64_t c0, const float* bt_all,
+                             const float* ct_all, float* scratch) {
+  if constexpr (!FewRegisters<U>::value) {
+    return false;
+  } else {
+    const int64_t L = a.length, N = a.state;
+    if (N != kLanes && N != 2 * kLanes) return false;
+    const int64_t end = a.dim - c0 < kLanes ? a.dim : c0 + kLanes;
+    float* dt = scratch;  // (kLaneChunk + kGroupSteps) each: room for whole groups
+    float* dtu = dt + kLaneChunk + kGroupSteps;
+    float* y = dtu + kLaneChunk + kGroupSteps;
+    float* a2 = y + kLaneChunk + kGroupSteps;  // (N): A * log2(e) of the channel
+    float* h = a2 + N;                          // (N): its state
+    // channel after channel, each along its whole row: long contiguous streams for the hardware
+    // prefetchers (B and C come from L2)
+    for (int64_t ch = c0; ch < end; ++ch) {
+      float amax = 0.0f;  // max |A log2 e|; -1 where some A > 0 (or is NaN)
+      for (int64_t n = 0; n < N; ++n) {
+        a2[n] = a.A[ch * N + n] * kLog2e;
+        h[n] = 0.0f;
+        amax = a2[n] <= 0.0f && amax >= 0.0f ? (-a2[n] > amax ? -a2[n] : amax) : -1.0f;
+      }
+      for (int64_t t0 = 0; t0 < L; t0 += kLaneChunk) {
+        const int64_t count = L - t0 < kLaneChunk ? L - t0 : kLaneChunk;
+        const int64_t row = (b * a.dim + ch) * L + t0;
+        const float* bt = bt_all + t0 * N;
+        const float* ct = ct_all + t0 * N;
+        const int decay = a.softplus ? prep_lanes<U, true>(a, ch, row, count, amax, dt, dtu)
+                                     : prep_lanes<U, false>(a, ch, row, count, amax, dt, dtu);
+        if (N == kLanes) {
+          recur_lanes<U, 1>(decay, count, dt, dtu, bt, ct, a2, h, y);
+        } else {
+          recur_lanes<U, 2>(decay, count, dt, dtu, bt, ct, a2, h, y);
+        }
+        finish_lanes<U>(a, ch, row, count, y);
+      }
+    }
+    return true;
+  }
+}
+
 // Floats of per-thread scratch that scan_block needs for a state size.
-inline int64_t scratch_floats(int64_t state) { return (4 * kChunk + 2 * state) * kLanes; }
+inline int64_t scratch_floats(int64_t state) {
+  const int64_t lanes = 3 * (kLaneChunk + kGroupSteps) + 2 * state;  // scan_block_lanes
+  const int64_t tiles = (4 * kChunk + 2 * state) * kLanes;
+  return lanes > tiles ? lanes : tiles;
+}
 
 // One block: batch b, channels [c0, c0 + W). bt_all / ct_all: B and C of batch b, time-major
 // (L, N). scratch: scratch_floats(N) floats.
 inline void scan_block(const ScanArgs& a, int64_t b, int64_t c0, const float* bt_all,
                        const float* ct_all, float* scratch) {
+  if (scan_block_lanes<V>(a, b, c0, bt_all, ct_all, scratch)) return;
   const int64_t L = a.length, N = a.state;
   const int valid = static_cast<int>(a.dim - c0 < kLanes ? a.dim - c0 : kLanes);
   float* dt_t = scratch;                 // (kChunk, W)

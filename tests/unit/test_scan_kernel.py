@@ -99,6 +99,33 @@ def test_kernel_paths_match_naive(monkeypatch, isa, shape, with_z, with_bias, so
 
 
 @needs_lib
+@pytest.mark.parametrize("isa", list(LANES))
+@pytest.mark.parametrize("state", [8, 16])
+@pytest.mark.parametrize("regime", ["in_range", "clamped", "positive_a", "negative_dt"])
+def test_decay_regimes_match_naive(monkeypatch, isa, state, regime):
+    """each decay exp(dt A) a path may specialize (AVX2's state lanes: dt |A| log2 e <= 126 needs
+    no clamp, beyond it the low clamp, some A > 0 or dt < 0 the general exp2), at N = 8 and 16,
+    over 11 channels (a partial block) and 300 steps (two chunks and a partial one)"""
+    if isa not in CPU:
+        pytest.skip(f"this CPU lacks {isa}: /proc/cpuinfo shows {', '.join(CPU)}")
+    monkeypatch.setenv("MVGPT_SCAN_ISA", isa)
+    softplus = regime != "negative_dt"
+    shape = (1, 11, 300, state)
+    feeds = portable.random_inputs(*shape, True, True, softplus, seed=7)
+    if regime == "clamped":  # dt ~ 200 for 10 steps of channel 1: dt A log2 e down to ~ -1e4
+        feeds["delta"][0, 1, 50:60] += 200.0
+    elif regime == "positive_a":  # one growing state in channel 0
+        feeds["A"][0, 3] = 0.05
+    elif regime == "negative_dt":  # one step of channel 0 with dt < 0 (no softplus)
+        feeds["delta"][0, 0, 10] = -0.1
+    y = run(portable.scan_model(*shape, True, True, softplus, portable=False), feeds)
+    err = max_rel(y, scan_reference(feeds, softplus))
+    print(f"{isa} N={state} {regime}: max rel {err:.2e}")
+    assert kernels.last_isa("SelectiveScan") == isa
+    assert err < 2e-5
+
+
+@needs_lib
 @pytest.mark.parametrize("isa", ["sse9", *(i for i in LANES if i not in CPU)])
 def test_isa_this_cpu_lacks_is_an_error(monkeypatch, isa):
     """never a silent fallback: an unknown name, or one this CPU lacks, fails the session"""
