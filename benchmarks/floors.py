@@ -9,6 +9,10 @@
   touch; its floor is the larger of FLOPs / peak and bytes / bandwidth.
 - ``stage_work`` / ``decoder_work``: those counts for each graph of a package, from the model
   shapes (mvgpt.models.config defaults for the vision side, the manifest for the decoder).
+- ``measure_fma_peak``: lane-FMAs/s at one vector width (scalar, AVX2, AVX-512), from a small C++
+  loop (fma_peak.cc) compiled and run at benchmark time: no clock is assumed.
+- ``SCAN_FMA_OPS`` / ``scan_fma_floor``: the FMA-pipe operations the selective scan's math needs
+  per state update, and the time they take at a measured FMA peak (bench_scan.py's floor).
 
 Only matrix products count as FLOPs: layer norms, softmax, GELU and the selective scan's
 elementwise recurrence are left out, so a stage whose time is dominated by them sits far above its
@@ -17,8 +21,12 @@ floor by construction (the tables say so).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 # Qwen2.5 intermediate sizes by hidden size, for manifests that do not carry intermediate_size
 QWEN_INTERMEDIATE = {896: 4864, 1536: 8960, 2048: 11008}
@@ -119,6 +127,54 @@ def measure_bandwidth(threads: int = 1, mib: int = 512, repeat: int = 5) -> floa
         copy()  # fault the pages in before timing
         best = min(_timed(copy) for _ in range(repeat))
     return 2.0 * src.nbytes / best
+
+
+FMA_PEAK_SOURCE = Path(__file__).resolve().parent / "fma_peak.cc"
+# lanes and compiler flags per instruction set of the kernels (mvgpt.kernels.cpu_isas names)
+FMA_WIDTHS = {
+    "scalar": (1, ["-mfma"]),
+    "avx2": (8, ["-mavx2", "-mfma"]),
+    "avx512": (16, ["-mavx512f", "-mfma"]),
+}
+
+
+def measure_fma_peak(isa: str, threads: int = 1) -> float:
+    """Lane-FMAs per second of `threads` threads together at `isa`'s width (FMA_WIDTHS):
+    fma_peak.cc compiled now with $CXX (default g++) -O2 and that width's flags, then run. Raises
+    RuntimeError when it cannot be built or run (no compiler, a width this CPU lacks)."""
+    if isa not in FMA_WIDTHS:
+        raise ValueError(f"isa: expected one of {', '.join(FMA_WIDTHS)}, got {isa!r}")
+    width, flags = FMA_WIDTHS[isa]
+    compiler = os.environ.get("CXX", "g++")
+    with tempfile.TemporaryDirectory(prefix="fma_peak-") as tmp:
+        exe = Path(tmp) / "fma_peak"
+        cmd = [compiler, "-O2", *flags, f"-DWIDTH={width}", str(FMA_PEAK_SOURCE), "-o", str(exe)]
+        steps = (cmd + ["-pthread"], [str(exe), str(threads)])
+        for step in steps:
+            try:
+                run = subprocess.run(step, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise RuntimeError(f"fma_peak ({isa}): '{step[0]}' failed: {e}") from e
+            if run.returncode != 0:
+                raise RuntimeError(
+                    f"fma_peak ({isa}): '{' '.join(step)}' exited {run.returncode}: "
+                    f"{run.stderr.strip()[-300:]}"
+                )
+    return float(run.stdout.split()[0])
+
+
+# FMA-pipe operations the selective scan's math needs per state update (channel, step, state):
+# dt * A (1 multiply), 2^f by the degree-5 polynomial the 1e-7 numerics contract needs (5 FMAs),
+# dt * u * B (1 multiply: dt * u is per (channel, step)), the state update h = decay * h + that
+# (1 FMA) and the output sum y += C h (1 FMA). Not counted: the exponent's range reduction and 2^k
+# scaling (adds, a round, integer ops: other pipes on AMD, the FMA ports on Intel), softplus,
+# silu and D * u (per (channel, step), 1/N of a state update each), loads, stores and memory.
+SCAN_FMA_OPS = 9
+
+
+def scan_fma_floor(updates: int, lane_fmas_per_s: float) -> float:
+    """Seconds for `updates` state updates at SCAN_FMA_OPS each and a measured FMA peak."""
+    return updates * SCAN_FMA_OPS / lane_fmas_per_s
 
 
 def _timed(fn) -> float:

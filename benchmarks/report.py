@@ -148,18 +148,34 @@ def e2e_section(rows: list[dict]) -> list[str]:
 
 
 def scan_section(rows: list[dict]) -> list[str]:
-    rows = _latest(rows, "impl")
-    base = next((r for r in rows if r["impl"] == "ort_native_op"), rows[0])
+    """The native op once per instruction set (with its FMA floor when measured), then the
+    portable graph and the torch reference; times relative to the widest set's."""
+    latest: dict[tuple, dict] = {}
+    for r in rows:  # rows from before bench_scan timed each instruction set carry no "isa"
+        latest[(r["impl"], r.get("isa"))] = r
+    rows = list(latest.values())
+    natives = [r for r in rows if r["impl"] == "ort_native_op"]
+    base = natives[-1] if natives else rows[0]
     out = [
         "### Selective scan (bench_scan.py)",
         "",
-        f"{_env(rows[-1])}; shape {rows[-1]['shape']}.",
+        f"{_env(rows[-1])}; shape {rows[-1]['shape']}. Floor: "
+        f"{base.get('floor_fma_ops_per_update', '?')} FMA-pipe operations per state update at "
+        "the FMA peak measured at each width (benchmarks/floors.py).",
     ]
     body = [
-        [r["impl"], f"{r['median_ms']:.2f}", f"{r['median_ms'] / base['median_ms']:.1f}"]
+        [
+            r["impl"],
+            r.get("isa", "-"),
+            f"{r['median_ms']:.2f}",
+            _f(r.get("floor_ms"), ".2f"),
+            _f(r.get("x_floor"), ".2f"),
+            f"{r['median_ms'] / base['median_ms']:.2f}",
+        ]
         for r in rows
     ]
-    return out + [""] + _table(["implementation", "median ms", "x native (time)"], body)
+    header = ["implementation", "isa", "median ms", "floor ms", "x floor", "x widest native"]
+    return out + [""] + _table(header, body)
 
 
 def attention_section(rows: list[dict]) -> list[str]:
