@@ -1,18 +1,22 @@
 """Benchmark one decode step of the decoder's attention alone: mvgpt::GroupQueryAttention against
-onnxruntime's com.microsoft.GroupQueryAttention, at several thread counts.
+onnxruntime's com.microsoft.GroupQueryAttention, at several thread counts, mvgpt's once per
+instruction set (--isa, repeatable; default every set of this CPU whose width divides head_dim).
 
 The graph holds one attention node per layer (24 at Qwen2.5-0.5B: 14 query heads, 2 kv heads,
 head_dim 64), each with its own cache of --past positions bound in place as past and present
 (the runtime's way), so one run reads every layer's cache once, as a decoded token does: 60 MB at
-2450 positions, more than the CPU's caches. Prints JSON lines and a table; the floor is the
-cache bytes over the numpy copy bandwidth measured in the same run.
+2450 positions, more than the CPU's caches. The engines are interleaved round by round. Prints
+JSON lines (one per thread count, engine and instruction set) and a table; the floor is the cache
+bytes over the numpy copy bandwidth measured in the same run.
 
     python benchmarks/bench_attention.py --threads 1 --threads 2
+    python benchmarks/bench_attention.py --isa avx2 --isa avx512
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -77,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeat", type=int, default=20, help="steps timed per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds, engines interleaved")
+    parser.add_argument("--isa", action="append", help="mvgpt's, repeatable (default: all)")
     args = parser.parse_args(argv)
     nh, kvh, hd, max_pos = 14, 2, 64, 32768
+    lanes = {"scalar": 1, "neon": 4, "avx2": 8, "avx512": 16}  # kernels/cpu.h's
+    isas = args.isa or [i for i in kernels.cpu_isas() if hd % lanes[i] == 0]
     capacity = args.past + 1
     rng = np.random.default_rng(0)
     inv = 1.0 / 1e6 ** (np.arange(0, hd, 2) / hd)
@@ -99,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for threads in args.threads or [2]:
         engines = {}
-        for name, domain in (("mvgpt", CUSTOM_OP_DOMAIN), ("onnxruntime", ORT_CONTRIB_DOMAIN)):
+        kinds = [("mvgpt", isa, CUSTOM_OP_DOMAIN) for isa in isas]
+        for name, isa, domain in [*kinds, ("onnxruntime", "-", ORT_CONTRIB_DOMAIN)]:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.log_severity_level = 3
             if domain == CUSTOM_OP_DOMAIN:
+                os.environ["MVGPT_ATTENTION_ISA"] = isa  # read when the session creates the kernel
                 kernels.register(options, spinning=True)
             session = ort.InferenceSession(
                 graph(args.layers, nh, kvh, hd, max_pos, domain), options, ["CPUExecutionProvider"]
@@ -119,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
                 binding.bind_ortvalue_output(f"prk{i}", values[i][0])
                 binding.bind_ortvalue_output(f"prv{i}", values[i][1])
             session.run_with_iobinding(binding)  # warm-up
-            engines[name] = (session, binding, [])
+            if domain == CUSTOM_OP_DOMAIN and kernels.last_isa("GroupQueryAttention") != isa:
+                ran = kernels.last_isa("GroupQueryAttention")
+                raise SystemExit(f"asked mvgpt's attention for {isa}, it ran {ran}")
+            engines[(name, isa)] = (session, binding, [])
+        os.environ.pop("MVGPT_ATTENTION_ISA", None)
         for _ in range(args.rounds):
             for session, binding, times in engines.values():
                 start = time.perf_counter()
@@ -127,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                     session.run_with_iobinding(binding)
                 times.append((time.perf_counter() - start) / args.repeat)
         bandwidth = measure_bandwidth(threads)
-        for name, (_, _, times) in engines.items():
+        for (name, isa), (_, _, times) in engines.items():
             row = {
                 "bench": "attention",
                 "engine": name,
+                "isa": isa,
                 "threads": threads,
                 "layers": args.layers,
                 "past": args.past,
@@ -146,13 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{args.layers} attention nodes, 1 position after {args.past}, cache {megabytes:.0f} MB"
     )
-    head = ("threads", "engine", "median ms", "min ms", "floor ms", "x floor")
-    print("{:>7} {:<12} {:>9} {:>7} {:>8} {:>7}".format(*head))
+    head = ("threads", "engine", "isa", "median ms", "min ms", "floor ms", "x floor", "x ort")
+    print("{:>7} {:<12} {:<7} {:>9} {:>7} {:>8} {:>7} {:>6}".format(*head))
     for r in rows:
+        ref = next(o for o in rows if (o["threads"], o["engine"]) == (r["threads"], "onnxruntime"))
         print(
-            f"{r['threads']:>7} {r['engine']:<12} {r['step_median_s'] * 1e3:9.2f} "
+            f"{r['threads']:>7} {r['engine']:<12} {r['isa']:<7} {r['step_median_s'] * 1e3:9.2f} "
             f"{r['step_min_s'] * 1e3:7.2f} {r['floor_s'] * 1e3:8.2f} "
-            f"{r['step_median_s'] / r['floor_s']:7.1f}"
+            f"{r['step_median_s'] / r['floor_s']:7.1f} "
+            f"{ref['step_median_s'] / r['step_median_s']:6.2f}"
         )
     return 0
 

@@ -179,10 +179,11 @@ def scan_section(rows: list[dict]) -> list[str]:
 
 
 def attention_section(rows: list[dict]) -> list[str]:
-    """One table per machine: mvgpt's and onnxruntime's attention op, per thread count."""
+    """One table per machine: mvgpt's (per instruction set, where the rows name it) and
+    onnxruntime's attention op, per thread count."""
     latest: dict[tuple, dict] = {}
     for r in rows:
-        latest[(r.get("host"), r.get("cpu"), r["threads"], r["engine"])] = r
+        latest[(r.get("host"), r.get("cpu"), r["threads"], r["engine"], r.get("isa", "-"))] = r
     out = ["### Decode attention alone (bench_attention.py)", ""]
     machines = list(dict.fromkeys((k[0], k[1]) for k in latest))
     for host, cpu in machines:
@@ -197,18 +198,19 @@ def attention_section(rows: list[dict]) -> list[str]:
         ]
         body = []
         for r in mine:
-            ref = latest.get((host, cpu, r["threads"], "onnxruntime"))
+            ref = latest.get((host, cpu, r["threads"], "onnxruntime", "-"))
             body.append(
                 [
                     str(r["threads"]),
                     r["engine"],
+                    r.get("isa", "-"),
                     f"{r['step_median_s'] * 1e3:.2f}",
                     f"{r['floor_s'] * 1e3:.2f}",
                     f"{r['step_median_s'] / r['floor_s']:.1f}",
                     _f(ref and ref["step_median_s"] / r["step_median_s"], ".2f"),
                 ]
             )
-        header = ["threads", "op", "median ms", "floor ms", "x above floor", "x onnxruntime"]
+        header = ["threads", "op", "isa", "median ms", "floor ms", "x above floor", "x onnxruntime"]
         out += _table(header, body) + [""]
     return out[:-1]
 
