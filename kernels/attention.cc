@@ -6,10 +6,8 @@
 // GEMV-shaped GEMMs. This kernel reads each row once for all the heads of a group (see
 // attention_impl.h), and splits a long cache into ranges (at least kMinRangeKeys positions each)
 // that run on onnxruntime's thread pool and are merged as partial softmaxes, so that more
-// threads than kv heads have work. Measured, 24 layers' caches at 2450 positions (60 MB, one
-// decode step, benchmarks/bench_attention.py): 16-core Xeon, threads 1/2/4/8: 6.8/2.0/1.2/1.0 ms
-// against onnxruntime's 19.0/8.2/5.0/4.1 ms (one range per kv head: 5.3/1.9/2.5/2.2 ms).
-// Every other call - several positions (a prefill chunk), interleaved or
+// threads than kv heads have work (benchmarks/bench_attention.py times it against onnxruntime's
+// kernel; the README's results are the record). Every other call - several positions (a prefill chunk), interleaved or
 // partial rotary, softcap, a local window, no past - is handed to onnxruntime's
 // own GroupQueryAttention kernel (OrtApi::CreateOp / InvokeOp) with the same inputs and the
 // outputs this op allocated, so a cache bound as both past and present stays written in place.
@@ -34,6 +32,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -45,53 +44,100 @@ namespace {
 
 using attn::AttnArgs;
 
-[[noreturn]] void fail(const std::string& what) {
-  throw Ort::Exception("mvgpt::GroupQueryAttention: " + what, ORT_INVALID_ARGUMENT);
-}
+constexpr const char* kOp = "GroupQueryAttention";
 
-float attr_float(const OrtApi& api, const OrtKernelInfo* info, const char* name, float dflt) {
-  float v = dflt;
-  if (OrtStatus* st = api.KernelInfoGetAttribute_float(info, name, &v)) {
-    api.ReleaseStatus(st);
-    return dflt;
+// The inputs this op declares: com.microsoft's first nine.
+namespace input {
+enum : int {
+  kQuery,
+  kKey,
+  kValue,
+  kPastKey,
+  kPastValue,
+  kSeqlensK,
+  kTotalLength,
+  kCosCache,
+  kSinCache,
+  kCount
+};
+}  // namespace input
+
+// A call's inputs (absent optional ones: empty values and shapes).
+struct Inputs {
+  Ort::ConstValue value[input::kCount]{};
+  std::vector<int64_t> shape[input::kCount];
+
+  bool has(int i) const { return static_cast<bool>(value[i]); }
+  template <typename T>
+  const T* data(int i) const {
+    return value[i].GetTensorData<T>();
   }
-  return v;
-}
+};
 
-void check(const OrtApi& api, OrtStatus* st) {
-  if (st == nullptr) return;
-  const std::string msg = api.GetErrorMessage(st);
-  const OrtErrorCode code = api.GetErrorCode(st);
-  api.ReleaseStatus(st);
-  throw Ort::Exception("mvgpt::GroupQueryAttention: " + msg, code);
-}
-
-constexpr int kInputs = 9;  // the inputs this op declares (com.microsoft's first nine)
+// What the query and the past say about a call.
+struct Dims {
+  int64_t batch, seq, head_dim, past_len, total, present_len;
+  bool packed, has_past;
+};
 
 struct GqaKernel {
   GqaKernel(const OrtApi& api, const OrtKernelInfo* info) : api_(api) {
     std::string error;
     if (!parse_isa("MVGPT_ATTENTION_ISA", std::getenv("MVGPT_ATTENTION_ISA"), &isa_cap_, &error)) {
-      fail(error);
+      fail(kOp, error);
     }
-    num_heads_ = attr_int(api, info, "num_heads", 0);
-    kv_heads_ = attr_int(api, info, "kv_num_heads", 0);
+    num_heads_ = attr_int(api, info, kOp, "num_heads", 0);
+    kv_heads_ = attr_int(api, info, kOp, "kv_num_heads", 0);
     if (num_heads_ <= 0 || kv_heads_ <= 0 || num_heads_ % kv_heads_ != 0) {
-      fail("attributes num_heads and kv_num_heads must be positive with num_heads a multiple of "
-           "kv_num_heads, got " + std::to_string(num_heads_) + " and " + std::to_string(kv_heads_));
+      fail(kOp, "attributes num_heads and kv_num_heads must be positive with num_heads a multiple "
+                "of kv_num_heads, got " + std::to_string(num_heads_) + " and " +
+                std::to_string(kv_heads_));
     }
-    scale_ = attr_float(api, info, "scale", 0.0f);
-    do_rotary_ = attr_int(api, info, "do_rotary", 0);
-    interleaved_ = attr_int(api, info, "rotary_interleaved", 0);
-    window_ = attr_int(api, info, "local_window_size", -1);
-    softcap_ = attr_float(api, info, "softcap", 0.0f);
+    scale_ = attr_float(api, info, kOp, "scale", 0.0f);
+    do_rotary_ = attr_int(api, info, kOp, "do_rotary", 0);
+    interleaved_ = attr_int(api, info, kOp, "rotary_interleaved", 0);
+    window_ = attr_int(api, info, kOp, "local_window_size", -1);
+    softcap_ = attr_float(api, info, kOp, "softcap", 0.0f);
     own_decode_ = interleaved_ == 0 && window_ == -1 && softcap_ == 0.0f;
+    size_t inputs = 0;
+    check(api, kOp, api.KernelInfo_GetInputCount(info, &inputs));
+    inputs_ = static_cast<int>(inputs);
+    create_onnxruntime_op(info);
+  }
 
-    // onnxruntime's kernel for everything else, with the same attributes
+  ~GqaKernel() {
+    if (ort_op_ != nullptr) api_.ReleaseOp(ort_op_);
+  }
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return to_status(api_, kOp, [&] { Compute(context); });
+  }
+
+  // A decode step through the own kernel; anything else through onnxruntime's.
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const Inputs in = read_inputs(ctx);
+    const Dims d = dims(in);
+    Ort::UnownedValue out = ctx.GetOutput(0, {d.batch, d.seq, num_heads_ * d.head_dim});
+    Ort::UnownedValue pk = ctx.GetOutput(1, {d.batch, kv_heads_, d.present_len, d.head_dim});
+    Ort::UnownedValue pv = ctx.GetOutput(2, {d.batch, kv_heads_, d.present_len, d.head_dim});
+    if (!own_kernel_runs(in, d)) {
+      run_onnxruntime(context, in, {out, pk, pv});
+      return;
+    }
+    check_decode_shapes(in, d);
+    const int64_t longest = longest_row(in, d);
+    run_ranges(ctx, decode_args(in, d, out, pk, pv), longest);
+  }
+
+ private:
+  // onnxruntime's own GroupQueryAttention with this node's attributes, for the calls the own
+  // kernel does not take.
+  void create_onnxruntime_op(const OrtKernelInfo* info) {
     std::vector<OrtOpAttr*> attrs;
     auto add = [&](const char* name, const void* data, OrtOpAttrType type) {
       OrtOpAttr* a = nullptr;
-      check(api, api.CreateOpAttr(name, data, 1, type, &a));
+      check(api_, kOp, api_.CreateOpAttr(name, data, 1, type, &a));
       attrs.push_back(a);
     };
     add("num_heads", &num_heads_, ORT_OP_ATTR_INT);
@@ -101,122 +147,166 @@ struct GqaKernel {
     add("rotary_interleaved", &interleaved_, ORT_OP_ATTR_INT);
     add("local_window_size", &window_, ORT_OP_ATTR_INT);
     add("softcap", &softcap_, ORT_OP_ATTR_FLOAT);
-    size_t inputs = 0;
-    check(api, api.KernelInfo_GetInputCount(info, &inputs));
-    inputs_ = static_cast<int>(inputs);
     const char* names[] = {"T", "M"};
     const ONNXTensorElementDataType types[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
                                                ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32};
-    OrtStatus* st = api.CreateOp(info, "GroupQueryAttention", "com.microsoft", 1, names, types, 2,
-                                 attrs.data(), static_cast<int>(attrs.size()), inputs_, 3, &ort_op_);
-    for (OrtOpAttr* a : attrs) api.ReleaseOpAttr(a);
-    check(api, st);
+    OrtStatus* st = api_.CreateOp(info, kOp, "com.microsoft", 1, names, types, 2, attrs.data(),
+                                  static_cast<int>(attrs.size()), inputs_, 3, &ort_op_);
+    for (OrtOpAttr* a : attrs) api_.ReleaseOpAttr(a);
+    check(api_, kOp, st);
   }
 
-  ~GqaKernel() {
-    if (ort_op_ != nullptr) api_.ReleaseOp(ort_op_);
-  }
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-    } catch (const Ort::Exception& e) {
-      return api_.CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return api_.CreateStatus(ORT_FAIL, (std::string("mvgpt::GroupQueryAttention: ") + e.what()).c_str());
-    }
-    return nullptr;
-  }
-
-  void Compute(OrtKernelContext* context) {
-    Ort::KernelContext ctx(context);
-    Ort::ConstValue in[kInputs]{};
-    std::vector<int64_t> shape[kInputs];
-    const size_t count = std::min<size_t>(ctx.GetInputCount(), kInputs);
+  static Inputs read_inputs(Ort::KernelContext& ctx) {
+    Inputs in;
+    const size_t count = std::min<size_t>(ctx.GetInputCount(), input::kCount);
     for (size_t i = 0; i < count; ++i) {
-      in[i] = ctx.GetInput(i);
-      if (in[i]) shape[i] = in[i].GetTensorTypeAndShapeInfo().GetShape();
+      in.value[i] = ctx.GetInput(i);
+      if (in.value[i]) in.shape[i] = in.value[i].GetTensorTypeAndShapeInfo().GetShape();
     }
-    if (!in[0] || shape[0].size() != 3) fail("input 'query' must be 3-D (batch, sequence, hidden)");
-    const int64_t batch = shape[0][0], seq = shape[0][1];
-    const bool packed = !in[1];
-    const int64_t width = packed ? num_heads_ + 2 * kv_heads_ : num_heads_;
-    if (shape[0][2] % width != 0) {
-      fail("query width " + std::to_string(shape[0][2]) + " is not a multiple of " +
-           std::to_string(width) + " heads");
-    }
-    const int64_t hd = shape[0][2] / width;
-    const bool has_past = in[3] && in[4];
-    if (has_past && (shape[3].size() != 4 || shape[3] != shape[4] || shape[3][0] != batch ||
-                     shape[3][1] != kv_heads_ || shape[3][3] != hd)) {
-      fail("past_key and past_value must both be (batch, kv_num_heads, length, head_dim) = (" +
-           std::to_string(batch) + ", " + std::to_string(kv_heads_) + ", length, " +
-           std::to_string(hd) + "), got " + shape_str(shape[3]) + " and " + shape_str(shape[4]));
-    }
-    if (!in[5] || !in[6]) fail("inputs 'seqlens_k' and 'total_sequence_length' are required");
-    const int64_t past_len = has_past ? shape[3][2] : 0;
-    const int64_t total = in[6].GetTensorData<int32_t>()[0];
-    const int64_t present_len = std::max(past_len, total);
+    return in;
+  }
 
-    Ort::UnownedValue out = ctx.GetOutput(0, {batch, seq, num_heads_ * hd});
-    Ort::UnownedValue pk = ctx.GetOutput(1, {batch, kv_heads_, present_len, hd});
-    Ort::UnownedValue pv = ctx.GetOutput(2, {batch, kv_heads_, present_len, hd});
+  // The call's sizes, from the query and the past; checks what every path needs.
+  Dims dims(const Inputs& in) const {
+    using namespace input;
+    if (!in.has(kQuery) || in.shape[kQuery].size() != 3) {
+      fail(kOp, "input 'query' must be 3-D (batch, sequence, hidden)");
+    }
+    const std::vector<int64_t>& q = in.shape[kQuery];
+    Dims d{};
+    d.batch = q[0];
+    d.seq = q[1];
+    d.packed = !in.has(kKey);
+    const int64_t width = d.packed ? num_heads_ + 2 * kv_heads_ : num_heads_;
+    if (q[2] % width != 0) {
+      fail(kOp, "query width " + std::to_string(q[2]) + " is not a multiple of " +
+                    std::to_string(width) + " heads");
+    }
+    d.head_dim = q[2] / width;
+    d.has_past = in.has(kPastKey) && in.has(kPastValue);
+    const std::vector<int64_t>& past = in.shape[kPastKey];
+    if (d.has_past && (past.size() != 4 || past != in.shape[kPastValue] || past[0] != d.batch ||
+                       past[1] != kv_heads_ || past[3] != d.head_dim)) {
+      fail(kOp, "past_key and past_value must both be (batch, kv_num_heads, length, head_dim) = (" +
+                    std::to_string(d.batch) + ", " + std::to_string(kv_heads_) + ", length, " +
+                    std::to_string(d.head_dim) + "), got " + shape_str(past) + " and " +
+                    shape_str(in.shape[kPastValue]));
+    }
+    if (!in.has(kSeqlensK) || !in.has(kTotalLength)) {
+      fail(kOp, "inputs 'seqlens_k' and 'total_sequence_length' are required");
+    }
+    d.past_len = d.has_past ? past[2] : 0;
+    d.total = in.data<int32_t>(kTotalLength)[0];
+    d.present_len = std::max(d.past_len, d.total);
+    return d;
+  }
 
-    const bool rotary_ok = do_rotary_ == 0 || (in[7] && in[8] && shape[7].size() == 2 &&
-                                                shape[7] == shape[8] && shape[7][1] * 2 == hd);
-    if (seq != 1 || !has_past || !own_decode_ || !rotary_ok || (!packed && !in[2])) {
-      const OrtValue* inputs[kInputs];
-      for (int i = 0; i < kInputs; ++i) inputs[i] = in[i];
-      OrtValue* outputs[3] = {out, pk, pv};
-      note_path(Op::kGroupQueryAttention, "onnxruntime");
-      check(api_, api_.InvokeOp(context, ort_op_, inputs, std::min<int>(inputs_, kInputs), outputs, 3));
-      return;
-    }
-    if (!packed && (shape[1] != std::vector<int64_t>{batch, 1, kv_heads_ * hd} || shape[2] != shape[1])) {
-      fail("key and value must be (batch, 1, kv_num_heads * head_dim) = " +
-           shape_str({batch, 1, kv_heads_ * hd}) + ", got " + shape_str(shape[1]) + " and " +
-           shape_str(shape[2]));
-    }
-    if (shape[5] != std::vector<int64_t>{batch}) {
-      fail("seqlens_k must be (batch,) = " + shape_str({batch}) + ", got " + shape_str(shape[5]));
-    }
-    const int32_t* seqlens = in[5].GetTensorData<int32_t>();
-    const int64_t max_pos = do_rotary_ ? shape[7][0] : INT64_MAX;
+  // The own kernel takes one new position after a past, with the options it implements.
+  bool own_kernel_runs(const Inputs& in, const Dims& d) const {
+    using namespace input;
+    const std::vector<int64_t>& cos = in.shape[kCosCache];
+    const bool rotary_ok = do_rotary_ == 0 || (in.has(kCosCache) && in.has(kSinCache) &&
+                                               cos.size() == 2 && cos == in.shape[kSinCache] &&
+                                               cos[1] * 2 == d.head_dim);
+    return d.seq == 1 && d.has_past && own_decode_ && rotary_ok && (d.packed || in.has(kValue));
+  }
+
+  // onnxruntime's kernel on the same inputs, writing the outputs this op allocated (a cache bound
+  // as both past and present stays written in place).
+  void run_onnxruntime(OrtKernelContext* context, const Inputs& in,
+                       std::initializer_list<OrtValue*> outputs) const {
+    const OrtValue* inputs[input::kCount];
+    for (int i = 0; i < input::kCount; ++i) inputs[i] = in.value[i];
+    note_path(Op::kGroupQueryAttention, "onnxruntime");
+    check(api_, kOp,
+          api_.InvokeOp(context, ort_op_, inputs, std::min<int>(inputs_, input::kCount),
+                        outputs.begin(), static_cast<int>(outputs.size())));
+  }
+
+  // Positions in use of the longest batch row (max seqlens_k + 1), each row's checked.
+  int64_t longest_row(const Inputs& in, const Dims& d) const {
+    using namespace input;
+    const int32_t* seqlens = in.data<int32_t>(kSeqlensK);
+    const int64_t max_pos = do_rotary_ ? in.shape[kCosCache][0] : INT64_MAX;
     int64_t longest = 0;
-    for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t b = 0; b < d.batch; ++b) {
       const int64_t pos = seqlens[b];
-      if (pos < 0 || pos >= present_len || pos >= max_pos || pos >= total) {
-        fail("seqlens_k[" + std::to_string(b) + "] = " + std::to_string(pos) +
-             " is outside the cache: expected 0 <= seqlens_k < min(total_sequence_length " +
-             std::to_string(total) + ", cache length " + std::to_string(present_len) +
-             (do_rotary_ ? ", rotary table rows " + std::to_string(max_pos) : std::string()) + ")");
+      if (pos < 0 || pos >= d.present_len || pos >= max_pos || pos >= d.total) {
+        fail(kOp, "seqlens_k[" + std::to_string(b) + "] = " + std::to_string(pos) +
+                      " is outside the cache: expected 0 <= seqlens_k < min(total_sequence_length " +
+                      std::to_string(d.total) + ", cache length " +
+                      std::to_string(d.present_len) +
+                      (do_rotary_ ? ", rotary table rows " + std::to_string(max_pos)
+                                  : std::string()) +
+                      ")");
       }
       longest = std::max(longest, pos + 1);
     }
-    const float* q = in[0].GetTensorData<float>();
-    AttnArgs a{batch, num_heads_, kv_heads_, hd, past_len, present_len,
-               shape[0][2], packed ? shape[0][2] : kv_heads_ * hd,
-               scale_ != 0.0f ? scale_ : 1.0f / std::sqrt(static_cast<float>(hd)), q,
-               packed ? q + num_heads_ * hd : in[1].GetTensorData<float>(),
-               packed ? q + (num_heads_ + kv_heads_) * hd : in[2].GetTensorData<float>(),
-               in[3].GetTensorData<float>(),
-               in[4].GetTensorData<float>(),
-               do_rotary_ ? in[7].GetTensorData<float>() : nullptr,
-               do_rotary_ ? in[8].GetTensorData<float>() : nullptr, seqlens,
-               out.GetTensorMutableData<float>(), pk.GetTensorMutableData<float>(),
+    return longest;
+  }
+
+  // The shapes only the own kernel reads: key and value apart from the query, seqlens_k.
+  void check_decode_shapes(const Inputs& in, const Dims& d) const {
+    using namespace input;
+    const std::vector<int64_t> kv_shape{d.batch, 1, kv_heads_ * d.head_dim};
+    if (!d.packed && (in.shape[kKey] != kv_shape || in.shape[kValue] != kv_shape)) {
+      fail(kOp, "key and value must be (batch, 1, kv_num_heads * head_dim) = " +
+                    shape_str(kv_shape) + ", got " + shape_str(in.shape[kKey]) + " and " +
+                    shape_str(in.shape[kValue]));
+    }
+    if (in.shape[kSeqlensK] != std::vector<int64_t>{d.batch}) {
+      fail(kOp, "seqlens_k must be (batch,) = " + shape_str({d.batch}) + ", got " +
+                    shape_str(in.shape[kSeqlensK]));
+    }
+  }
+
+  // The own kernel's arguments for a decode step: q, k and v (packed or apart), the caches, the
+  // rotary tables and the outputs; checks that the caches are written in place, or read whole.
+  AttnArgs decode_args(const Inputs& in, const Dims& d, Ort::UnownedValue& out,
+                       Ort::UnownedValue& pk, Ort::UnownedValue& pv) const {
+    using namespace input;
+    const int64_t hd = d.head_dim;
+    const float* q = in.data<float>(kQuery);
+    const int64_t q_stride = in.shape[kQuery][2];
+    AttnArgs a{d.batch,
+               num_heads_,
+               kv_heads_,
+               hd,
+               d.past_len,
+               d.present_len,
+               q_stride,
+               d.packed ? q_stride : kv_heads_ * hd,
+               scale_ != 0.0f ? scale_ : 1.0f / std::sqrt(static_cast<float>(hd)),
+               q,
+               d.packed ? q + num_heads_ * hd : in.data<float>(kKey),
+               d.packed ? q + (num_heads_ + kv_heads_) * hd : in.data<float>(kValue),
+               in.data<float>(kPastKey),
+               in.data<float>(kPastValue),
+               do_rotary_ ? in.data<float>(kCosCache) : nullptr,
+               do_rotary_ ? in.data<float>(kSinCache) : nullptr,
+               in.data<int32_t>(kSeqlensK),
+               out.GetTensorMutableData<float>(),
+               pk.GetTensorMutableData<float>(),
                pv.GetTensorMutableData<float>()};
     const bool in_place = a.past_key == a.present_key;
     if (in_place != (a.past_value == a.present_value)) {
-      fail("past_key and past_value must both share their buffer with present_key and "
-           "present_value, or neither");
+      fail(kOp, "past_key and past_value must both share their buffer with present_key and "
+                "present_value, or neither");
     }
-    for (int64_t b = 0; b < batch && !in_place; ++b) {
-      if (seqlens[b] > past_len) {
-        fail("seqlens_k[" + std::to_string(b) + "] = " + std::to_string(seqlens[b]) +
-             " needs that many past positions, but past_key holds " + std::to_string(past_len));
+    for (int64_t b = 0; b < d.batch && !in_place; ++b) {
+      if (a.seqlens_k[b] > d.past_len) {
+        fail(kOp, "seqlens_k[" + std::to_string(b) + "] = " + std::to_string(a.seqlens_k[b]) +
+                      " needs that many past positions, but past_key holds " +
+                      std::to_string(d.past_len));
       }
     }
-    const attn::Plan plan = attn::plan(a, attn::path(isa_cap_, hd), longest);
+    return a;
+  }
+
+  // The decode step: (batch row, kv head, range of the cache) items on onnxruntime's thread pool,
+  // then the ranges merged into the output (attention_kernel.h).
+  void run_ranges(Ort::KernelContext& ctx, const AttnArgs& a, int64_t longest) const {
+    const attn::Plan plan = attn::plan(a, attn::path(isa_cap_, a.head_dim), longest);
     std::vector<float> parts(static_cast<size_t>(plan.items * plan.part_floats));
     struct Job {
       const AttnArgs* a;
@@ -243,24 +333,21 @@ struct GqaKernel {
 
 struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      *kernel = new GqaKernel(api, info);
-    } catch (const Ort::Exception& e) {
-      return api.CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_FAIL, e.what());
-    }
-    return nullptr;
+    return to_status(api, kOp, [&] { *kernel = new GqaKernel(api, info); });
   }
-  const char* GetName() const { return "GroupQueryAttention"; }
+  const char* GetName() const { return kOp; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return kInputs; }
+  size_t GetInputTypeCount() const { return input::kCount; }
+  static bool is_int32(size_t index) {
+    return index == input::kSeqlensK || index == input::kTotalLength;
+  }
   ONNXTensorElementDataType GetInputType(size_t index) const {
-    return index == 5 || index == 6 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
-                                    : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    return is_int32(index) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32
+                           : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == 0 || index == 5 || index == 6 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    return index == input::kQuery || is_int32(index) ? INPUT_OUTPUT_REQUIRED
+                                                     : INPUT_OUTPUT_OPTIONAL;
   }
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

@@ -1,5 +1,7 @@
 // What both ops (selective_scan.cc, attention.cc) share on top of cpu.h (the part the check
-// program shares too): onnxruntime's C++ API, attribute reading and shape text for error messages.
+// program shares too): onnxruntime's C++ API, the one way a failure is reported (fail, check,
+// to_status: every message starts with the op's name), attribute reading that rejects an
+// attribute of the wrong type, and shape text for error messages.
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -7,6 +9,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -20,15 +23,79 @@ inline std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-// An int attribute of the node, `dflt` when it is absent.
-inline int64_t attr_int(const OrtApi& api, const OrtKernelInfo* info, const char* name,
-                        int64_t dflt) {
-  int64_t v = dflt;
-  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v)) {
-    api.ReleaseStatus(st);
-    return dflt;
+// Every failure of an op: an Ort::Exception whose message names the op ("mvgpt::<op>: ...").
+[[noreturn]] inline void fail(const char* op, const std::string& what,
+                              OrtErrorCode code = ORT_INVALID_ARGUMENT) {
+  throw Ort::Exception(std::string("mvgpt::") + op + ": " + what, code);
+}
+
+// A failed OrtApi call as fail(), with onnxruntime's message and code.
+inline void check(const OrtApi& api, const char* op, OrtStatus* st) {
+  if (st == nullptr) return;
+  const std::string msg = api.GetErrorMessage(st);
+  const OrtErrorCode code = api.GetErrorCode(st);
+  api.ReleaseStatus(st);
+  fail(op, msg, code);
+}
+
+// Runs `body` where onnxruntime wants a status back (kernel creation, compute): nullptr, or the
+// exception it threw as a status naming the op.
+template <typename Body>
+OrtStatusPtr to_status(const OrtApi& api, const char* op, Body&& body) {
+  try {
+    body();
+  } catch (const Ort::Exception& e) {
+    return api.CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return api.CreateStatus(ORT_FAIL, (std::string("mvgpt::") + op + ": " + e.what()).c_str());
   }
-  return v;
+  return nullptr;
+}
+
+// Whether the node has an attribute `name` of any type (onnxruntime's getters fail alike for an
+// absent attribute and for one of another type).
+inline bool has_attribute(const OrtApi& api, const OrtKernelInfo* info, const char* name) {
+  auto ok = [&api](OrtStatus* st) {
+    if (st == nullptr) return true;
+    api.ReleaseStatus(st);
+    return false;
+  };
+  int64_t i = 0;
+  float f = 0.0f;
+  size_t string_size = 0, ints = 0, floats = 0;
+  return ok(api.KernelInfoGetAttribute_int64(info, name, &i)) ||
+         ok(api.KernelInfoGetAttribute_float(info, name, &f)) ||
+         ok(api.KernelInfoGetAttribute_string(info, name, nullptr, &string_size)) ||
+         ok(api.KernelInfoGetAttributeArray_int64(info, name, nullptr, &ints)) ||
+         ok(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &floats));
+}
+
+// An int attribute of `op`'s node: `dflt` when it is absent, an error when it has another type.
+inline int64_t attr_int(const OrtApi& api, const OrtKernelInfo* info, const char* op,
+                        const char* name, int64_t dflt) {
+  int64_t v = dflt;
+  OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v);
+  if (st == nullptr) return v;
+  api.ReleaseStatus(st);
+  if (has_attribute(api, info, name)) {
+    fail(op, std::string("attribute ") + name + ": expected an int, got another type; fix: " +
+                 "write it as an int attribute");
+  }
+  return dflt;
+}
+
+// A float attribute of `op`'s node: `dflt` when it is absent, an error when it has another type.
+inline float attr_float(const OrtApi& api, const OrtKernelInfo* info, const char* op,
+                        const char* name, float dflt) {
+  float v = dflt;
+  OrtStatus* st = api.KernelInfoGetAttribute_float(info, name, &v);
+  if (st == nullptr) return v;
+  api.ReleaseStatus(st);
+  if (has_attribute(api, info, name)) {
+    fail(op, std::string("attribute ") + name + ": expected a float, got another type; fix: " +
+                 "write it as a float attribute");
+  }
+  return dflt;
 }
 
 }  // namespace mvgpt

@@ -161,89 +161,89 @@ void run_scan(const ScanArgs& a, const scan::Path& path, int threads) {
 }
 
 // ---------------------------------------------------------------- the onnxruntime op
-void expect_shape(const char* name, const std::vector<int64_t>& got,
-                  const std::vector<int64_t>& want, const char* layout) {
+constexpr const char* kOp = "SelectiveScan";
+
+// The op's inputs, in order; z and delta_bias are optional.
+namespace input {
+enum : int { kU, kDelta, kA, kB, kC, kD, kZ, kDeltaBias, kCount };
+constexpr int kRequired = kZ;
+constexpr const char* kNames[kCount] = {"u", "delta", "A", "B", "C", "D", "z", "delta_bias"};
+}  // namespace input
+
+void expect_shape(int index, const std::vector<int64_t>& got, const std::vector<int64_t>& want,
+                  const char* layout) {
   if (got != want) {
-    throw Ort::Exception("mvgpt::SelectiveScan: input '" + std::string(name) + "' must have shape " +
-                             shape_str(want) + " " + layout + ", got " + shape_str(got),
-                         ORT_INVALID_ARGUMENT);
+    fail(kOp, std::string("input '") + input::kNames[index] + "' must have shape " +
+                  shape_str(want) + " " + layout + ", got " + shape_str(got));
   }
 }
-
-constexpr const char* kInputNames[8] = {"u", "delta", "A", "B", "C", "D", "z", "delta_bias"};
 
 struct SelectiveScanKernel {
   SelectiveScanKernel(bool softplus) : softplus_(softplus), threads_(default_threads()) {
     std::string error;
     Isa isa = kScalar;
-    if (!parse_isa("MVGPT_SCAN_ISA", std::getenv("MVGPT_SCAN_ISA"), &isa, &error)) {
-      throw Ort::Exception("mvgpt::SelectiveScan: " + error, ORT_INVALID_ARGUMENT);
-    }
+    if (!parse_isa("MVGPT_SCAN_ISA", std::getenv("MVGPT_SCAN_ISA"), &isa, &error)) fail(kOp, error);
     path_ = scan::path(isa);
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Compute(context);
-    } catch (const Ort::Exception& e) {
-      return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return Ort::GetApi().CreateStatus(ORT_FAIL, (std::string("mvgpt::SelectiveScan: ") + e.what()).c_str());
-    }
-    return nullptr;
+    return to_status(Ort::GetApi(), kOp, [&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
+    using namespace input;
     Ort::KernelContext ctx(context);
     const size_t count = ctx.GetInputCount();
-    if (count < 6) {
-      throw Ort::Exception("mvgpt::SelectiveScan: expected 6 to 8 inputs (u, delta, A, B, C, D[, z, "
-                           "delta_bias]), got " + std::to_string(count), ORT_INVALID_ARGUMENT);
+    if (count < static_cast<size_t>(kRequired)) {
+      fail(kOp, "expected 6 to 8 inputs (u, delta, A, B, C, D[, z, delta_bias]), got " +
+                    std::to_string(count));
     }
-    Ort::ConstValue in[8]{};
-    std::vector<int64_t> shape[8];
-    for (size_t i = 0; i < 8 && i < count; ++i) {
+    Ort::ConstValue in[kCount]{};
+    std::vector<int64_t> shape[kCount];
+    for (int i = 0; i < kCount && static_cast<size_t>(i) < count; ++i) {
       in[i] = ctx.GetInput(i);
       if (!in[i]) {
-        if (i < 6) {
-          throw Ort::Exception("mvgpt::SelectiveScan: required input '" + std::string(kInputNames[i]) +
-                               "' is missing", ORT_INVALID_ARGUMENT);
-        }
+        if (i < kRequired) fail(kOp, std::string("required input '") + kNames[i] + "' is missing");
         continue;
       }
       auto info = in[i].GetTensorTypeAndShapeInfo();
       if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-        throw Ort::Exception("mvgpt::SelectiveScan: input '" + std::string(kInputNames[i]) +
-                             "' must be float32", ORT_INVALID_ARGUMENT);
+        fail(kOp, std::string("input '") + kNames[i] + "' must be float32");
       }
       shape[i] = info.GetShape();
     }
-    if (shape[0].size() != 3) {
-      throw Ort::Exception("mvgpt::SelectiveScan: input 'u' must be 3-D (batch, dim, length), got " +
-                           shape_str(shape[0]), ORT_INVALID_ARGUMENT);
+    if (shape[kU].size() != 3) {
+      fail(kOp, "input 'u' must be 3-D (batch, dim, length), got " + shape_str(shape[kU]));
     }
-    const int64_t batch = shape[0][0], dim = shape[0][1], length = shape[0][2];
-    if (shape[2].size() != 2) {
-      throw Ort::Exception("mvgpt::SelectiveScan: input 'A' must be 2-D (dim, state), got " +
-                           shape_str(shape[2]), ORT_INVALID_ARGUMENT);
+    const int64_t batch = shape[kU][0], dim = shape[kU][1], length = shape[kU][2];
+    if (shape[kA].size() != 2) {
+      fail(kOp, "input 'A' must be 2-D (dim, state), got " + shape_str(shape[kA]));
     }
-    const int64_t state = shape[2][1];
-    expect_shape("delta", shape[1], {batch, dim, length}, "(batch, dim, length) like u");
-    expect_shape("A", shape[2], {dim, state}, "(dim, state)");
-    expect_shape("B", shape[3], {batch, state, length}, "(batch, state, length)");
-    expect_shape("C", shape[4], {batch, state, length}, "(batch, state, length)");
-    expect_shape("D", shape[5], {dim}, "(dim,)");
-    if (in[6]) expect_shape("z", shape[6], {batch, dim, length}, "(batch, dim, length) like u");
-    if (in[7]) expect_shape("delta_bias", shape[7], {dim}, "(dim,)");
+    const int64_t state = shape[kA][1];
+    expect_shape(kDelta, shape[kDelta], {batch, dim, length}, "(batch, dim, length) like u");
+    expect_shape(kA, shape[kA], {dim, state}, "(dim, state)");
+    expect_shape(kB, shape[kB], {batch, state, length}, "(batch, state, length)");
+    expect_shape(kC, shape[kC], {batch, state, length}, "(batch, state, length)");
+    expect_shape(kD, shape[kD], {dim}, "(dim,)");
+    if (in[kZ]) expect_shape(kZ, shape[kZ], {batch, dim, length}, "(batch, dim, length) like u");
+    if (in[kDeltaBias]) expect_shape(kDeltaBias, shape[kDeltaBias], {dim}, "(dim,)");
 
-    auto out = ctx.GetOutput(0, shape[0]);
-    ScanArgs a{batch, dim, length, state,
-               in[0].GetTensorData<float>(), in[1].GetTensorData<float>(),
-               in[2].GetTensorData<float>(), in[3].GetTensorData<float>(),
-               in[4].GetTensorData<float>(), in[5].GetTensorData<float>(),
-               in[6] ? in[6].GetTensorData<float>() : nullptr,
-               in[7] ? in[7].GetTensorData<float>() : nullptr,
-               softplus_, out.GetTensorMutableData<float>()};
+    auto out = ctx.GetOutput(0, shape[kU]);
+    auto data = [&in](int i) { return in[i] ? in[i].GetTensorData<float>() : nullptr; };
+    ScanArgs a{batch,
+               dim,
+               length,
+               state,
+               data(kU),
+               data(kDelta),
+               data(kA),
+               data(kB),
+               data(kC),
+               data(kD),
+               data(kZ),
+               data(kDeltaBias),
+               softplus_,
+               out.GetTensorMutableData<float>()};
     if (batch * dim * length == 0) return;
     note_path(Op::kSelectiveScan, kIsaNames[path_.isa]);
     run_scan(a, path_, threads_);
@@ -256,28 +256,22 @@ struct SelectiveScanKernel {
 
 struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    try {
+    return to_status(api, kOp, [&] {
       // attribute absent: no softplus, like selective_scan_ref
-      const int64_t softplus = attr_int(api, info, "delta_softplus", 0);
+      const int64_t softplus = attr_int(api, info, kOp, "delta_softplus", 0);
       if (softplus != 0 && softplus != 1) {
-        return api.CreateStatus(ORT_INVALID_ARGUMENT,
-                                ("mvgpt::SelectiveScan: attribute delta_softplus must be 0 or 1, got " +
-                                 std::to_string(softplus)).c_str());
+        fail(kOp, "attribute delta_softplus must be 0 or 1, got " + std::to_string(softplus));
       }
       *kernel = new SelectiveScanKernel(softplus == 1);
-    } catch (const Ort::Exception& e) {
-      return api.CreateStatus(e.GetOrtErrorCode(), e.what());
-    } catch (const std::exception& e) {
-      return api.CreateStatus(ORT_FAIL, e.what());
-    }
-    return nullptr;
+    });
   }
-  const char* GetName() const { return "SelectiveScan"; }
+  const char* GetName() const { return kOp; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 8; }
+  size_t GetInputTypeCount() const { return input::kCount; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index >= 6 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return static_cast<int>(index) >= input::kRequired ? INPUT_OUTPUT_OPTIONAL
+                                                       : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -144,6 +145,19 @@ def test_bad_head_attributes_fail_at_load():
         session(m)
 
 
+@pytest.mark.parametrize(
+    "name, value, kind", [("scale", 1, "a float"), ("num_heads", 14.0, "an int")]
+)
+def test_attribute_of_the_wrong_type_fails_at_load(name, value, kind):
+    """read as its type or rejected: never silently the default"""
+    m = model(14, 2, 64, True)
+    attributes = m.graph.node[0].attribute
+    attributes.remove(next(a for a in attributes if a.name == name))
+    attributes.append(onnx.helper.make_attribute(name, value))
+    with pytest.raises(Exception, match=f"GroupQueryAttention: attribute {name}: expected {kind}"):
+        session(m)
+
+
 def test_portable_form_is_onnxruntime_gqa():
     m = make_portable(model(14, 2, 64, True))
     assert [(n.domain, n.op_type) for n in m.graph.node] == [
@@ -179,6 +193,24 @@ def test_long_cache_split_into_ranges_matches_naive(monkeypatch, isa):
     assert diff < 2e-5
     for b, pos in enumerate(f["sl"]):
         np.testing.assert_allclose(present_k[b, :, pos], new_k[b], atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 4])
+def test_long_cache_ranges_at_several_thread_counts(threads):
+    """7 ranges (a 4000-position row; attention_kernel.h: kMinRangeKeys 512) and a row short
+    enough to leave most of them empty, spread over 1, 3 and 4 of onnxruntime's threads: each
+    count matches float64, and gives the same bits as 2 threads"""
+    nh, kvh, hd = 14, 2, 64
+    f = feeds(
+        np.random.default_rng(9), nh, kvh, hd, lengths=[4000, 700, 2], cache=4001, packed=True
+    )
+    got = session(model(nh, kvh, hd, True), threads=threads).run(None, f)
+    two = session(model(nh, kvh, hd, True), threads=2).run(None, f)
+    want = naive_step(f, nh, kvh, hd, True)[0]
+    diff = float(np.abs(got[0] - want).max())
+    print(f"{threads} threads: max |out - naive| {diff:.2e}")
+    assert diff < 2e-5
+    np.testing.assert_array_equal(got[0], two[0])
 
 
 @pytest.mark.parametrize("isa", ["sse9", *(i for i in LANES if i not in CPU)])

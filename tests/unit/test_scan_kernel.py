@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -199,6 +200,10 @@ def test_rank_error_and_bad_attribute():
     model = portable.scan_model(1, 8, 10, 4, False, False, False, portable=False)
     model.graph.node[0].attribute[0].i = 2
     with pytest.raises(Exception, match="delta_softplus must be 0 or 1"):
+        run(model, portable.random_inputs(1, 8, 10, 4, False, False, False))
+    del model.graph.node[0].attribute[:]  # a float 1.0 is not the int 1, nor the default 0
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("delta_softplus", 1.0))
+    with pytest.raises(Exception, match="SelectiveScan: attribute delta_softplus: expected an int"):
         run(model, portable.random_inputs(1, 8, 10, 4, False, False, False))
 
 
