@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvgpt import kernels
     from mvgpt.runtime import manifest as M
+    from mvgpt.runtime.decoder import PREFILL_CHUNK, Decoder
     from mvgpt.runtime.package import read_manifest
-    from mvgpt.runtime.pipeline import PREFILL_CHUNK, Decoder
-    from mvgpt.runtime.prompt import prompt_ids, split_visual
+    from mvgpt.runtime.prompt import manifest_prompt_ids, split_visual
 
     folder = os.path.expanduser(args.model)
     man = read_manifest(folder)
@@ -74,15 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import tokenizers
 
     tokenizer = tokenizers.Tokenizer.from_file(os.path.join(folder, man[M.K_TOKENIZER]))
-    prompt = man[M.K_PROMPT]
-    ids = prompt_ids(
-        tokenizer,
-        QUESTION,
-        int(prompt["num_image_placeholders"]),
-        int(prompt["num_image_sentinels"]),
-        prompt.get("system", "You are a helpful assistant."),
-    )
-    prefix, suffix = split_visual(ids)
+    prefix, suffix = split_visual(manifest_prompt_ids(tokenizer, man[M.K_PROMPT], QUESTION))
     text_tokens = len(prefix) + len(suffix)
     prompt_length = text_tokens + int(man[M.K_VISUAL]["num_visual_tokens"])
 
@@ -213,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def decode() -> None:
             cache.length = prompt_length
-            decoder.step(token, cache)
+            decoder.run(token, cache)
 
         decode_repeat = max(args.repeat, 10)
         times = time_it(decode, args.warmup + 1, decode_repeat)

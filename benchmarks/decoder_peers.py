@@ -114,7 +114,7 @@ class TransformersEngine:
 
 
 class OnnxEngine:
-    """The runtime's own decoder path (``mvgpt.runtime.pipeline.Decoder``): one preallocated KV
+    """The runtime's own decoder path (``mvgpt.runtime.decoder.Decoder``): one preallocated KV
     cache per prompt, bound as past and present, last-position logits only. ``portable``: the
     package's decoder without mvgpt ops (onnxruntime's GroupQueryAttention kernel)."""
 
@@ -130,7 +130,7 @@ class OnnxEngine:
         import onnxruntime as ort
 
         from mvgpt import kernels
-        from mvgpt.runtime.pipeline import PREFILL_CHUNK, Decoder
+        from mvgpt.runtime.decoder import PREFILL_CHUNK, Decoder
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -162,7 +162,7 @@ class OnnxEngine:
 
     def step(self, state: dict) -> float:
         start_time = time.perf_counter()
-        logits = self.decoder.step(self.embeddings([state["token"]]), state["cache"])
+        logits = self.decoder.run(self.embeddings([state["token"]]), state["cache"])
         state["token"] = int(np.argmax(logits))
         return time.perf_counter() - start_time
 

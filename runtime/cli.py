@@ -125,7 +125,7 @@ def _write(text: str) -> None:
 def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
     from .default_model import DEMO_MAX_NEW_TOKENS, DEMO_QUESTION, default_package, demo_video
     from .pipeline import ENCODE_STAGES, Pipeline
-    from .prompt import chat_prompt
+    from .prompt import check_question
     from .sampling import GenerationConfig
 
     questions = [q for q in [args.question] if q is not None] + list(args.more)
@@ -135,8 +135,8 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         questions = questions or ([] if args.interactive else [DEMO_QUESTION])
         if args.max_new_tokens is None:
             args.max_new_tokens = DEMO_MAX_NEW_TOKENS  # a short answer for the demo
-    for question in questions:
-        chat_prompt(question)  # raises on an empty question
+    for question in questions:  # checked before any heavy work
+        check_question(question)
     options = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         seed=args.seed,
         repetition_penalty=args.repetition_penalty,
     )
-    GenerationConfig.from_dict({}, **options)  # option values checked before any heavy work
+    GenerationConfig.check_overrides(**options)
     from .video import check_file  # here: the OpenCV log levels are set first (main)
 
     check_file(video)  # fail fast, before loading or making a model
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         on_text = None if args.json else _write
         answer = pipeline.answer(encoding, question, on_text=on_text, **options)
         seconds, ttft = dict(answer.seconds), answer.ttft_s
-        if index == 0:  # the first answer pays for the encoding the rest reuse
+        if index == 0:  # this run encoded the video (above) for its first question
             seconds.update({k: encoding.seconds.get(k, 0.0) for k in ENCODE_STAGES})
             ttft += sum(encoding.seconds.values())
         if not args.json:
@@ -182,13 +182,13 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         record = {
             "question": question,
             "answer": answer.text,
-            "token_ids": answer.token_ids,
-            "frame_indices": answer.frame_indices,
-            "selected_frames": answer.selected_frames,
+            "token_ids": list(answer.token_ids),
+            "frame_indices": list(answer.frame_indices),
+            "selected_frames": list(answer.selected_frames),
             "seconds": {k: round(v, 6) for k, v in seconds.items()},
             "ttft_s": round(ttft, 6),
             "decode_tokens_per_s": answer.decode_tokens_per_s,
-            "encoding_reused": index > 0,
+            "encoding_reused": answer.encoding_reused,
             "peak_rss_mb": _peak_rss_mb(),
             "provider": args.provider,
             "custom_ops": pipeline.package.custom_ops,

@@ -6,157 +6,71 @@
   questions; the vision stages run once.
 - ``answer``: ChatML prompt ids -> embed_tokens -> [prefix, visual, suffix] -> decoder prefill in
   chunks, then one cached step per token, chosen by ``Sampler`` (greedy by default), streamed as
-  text. The prefill of the question-independent part (system prompt + visual embeddings) is kept
-  on the Encoding and reused by later questions.
+  text (the decoder, its KV cache and the decode loop: decoder.py). The pipeline keeps the KV
+  cache of the question-independent part (system prompt + visual embeddings) of each Encoding
+  it answered, as long as the caller keeps that Encoding: a later question about it prefills
+  only its own tokens (``Answer.encoding_reused``).
 
-The KV cache has a fixed capacity (prompt + max_new_tokens, at most max_position_embeddings) and
-is allocated once per answer: one buffer per layer for keys and one for values. Every decoder run
-binds each buffer (IOBinding) as both its past input and its present output; the decoder's
-GroupQueryAttention sees the same memory and writes the new positions in place, so no token
-allocates or copies the cache. A Pipeline is not thread-safe: use one per thread.
+The KV cache's capacity is the prompt + max_new_tokens, at most max_position_embeddings.
+Encodings and Answers are read-only. A Pipeline is not thread-safe: use one per thread.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
-import onnxruntime as ort
 
 from . import manifest as M
+from .decoder import Decoder, KVCache, decode_loop
 from .errors import MvgptError
 from .package import Package, load_package
 from .preprocess import preprocess_clip, preprocess_video_mamba
-from .prompt import decode_answer, prompt_ids, split_visual
+from .prompt import decode_answer, manifest_prompt_ids, split_visual
 from .sampling import GenerationConfig, Sampler
 from .textstream import TextStream
 from .video import pad_positions, read_frames, sample_positions
 
 log = logging.getLogger(__name__)
 
-PREFILL_CHUNK = 256  # positions per prefill run: bounds the attention scores' memory
 ENCODE_STAGES = ("decode_video", "clip_vision", "frame_scorer", "video_mamba", "projectors")
 
 
-@dataclass
-class _Prefix:
-    """The decoder's KV cache after [prompt prefix, visual], for reuse by later questions."""
-
-    owner: object  # the Pipeline's identity token
-    ids: np.ndarray
-    keys: list[np.ndarray]  # per layer (1, kv_heads, P, head_dim)
-    values: list[np.ndarray]
-
-
-@dataclass
+@dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, a key of Pipeline's cache
 class Encoding:
-    """A video after the vision stages: what every question about it shares."""
+    """A video after the vision stages: what every question about it shares (read-only)."""
 
-    visual: np.ndarray  # (num_visual_tokens, H) float32: CLIP tokens, then VideoMamba tokens
-    frame_indices: list[int]  # source frame of each of the num_frames sampled frames
-    selected_frames: list[int]  # positions (in the sampled frames) kept for VideoMamba
-    seconds: dict[str, float]
-    prefix: _Prefix | None = field(default=None, repr=False, compare=False)
+    visual: np.ndarray  # (num_visual_tokens, H) float32, read-only: CLIP tokens, then VideoMamba's
+    frame_indices: tuple[int, ...]  # source frame of each of the num_frames sampled frames
+    selected_frames: tuple[int, ...]  # positions (in the sampled frames) kept for VideoMamba
+    seconds: Mapping[str, float]  # ENCODE_STAGES
 
 
-@dataclass
+@dataclass(frozen=True)
 class Answer:
     text: str
-    token_ids: list[int]
-    frame_indices: list[int]
-    selected_frames: list[int]
-    seconds: dict[str, float]  # ENCODE_STAGES (0.0 when the encoding was reused), prefill, decode
+    token_ids: tuple[int, ...]
+    frame_indices: tuple[int, ...]
+    selected_frames: tuple[int, ...]
+    seconds: Mapping[str, float]  # ENCODE_STAGES (0.0 when given an Encoding), prefill, decode
     ttft_s: float  # answer() call to the first generated token
     decode_tokens_per_s: float | None  # None when no decoder step ran after the first token
-    encoding_reused: bool
+    encoding_reused: bool  # the Encoding's shared prefill came from an earlier answer's cache
 
 
-class KVCache:
-    """Fixed-capacity key/value cache of every decoder layer (see the module docstring): positions
-    ``[0, length)`` of each (1, kv_heads, capacity, head_dim) buffer are in use."""
+@dataclass(frozen=True)
+class _SharedPrefill:
+    """The KV cache after [prompt prefix, visual] of one Encoding, for its later questions."""
 
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, capacity: int) -> None:
-        self.capacity = capacity
-        self._buffers = np.zeros((num_layers, 2, 1, kv_heads, capacity, head_dim), np.float32)
-        # the OrtValues wrap the numpy memory: binding them never copies
-        self.values = [
-            [ort.OrtValue.ortvalue_from_numpy(self._buffers[layer, kind]) for kind in (0, 1)]
-            for layer in range(num_layers)
-        ]
-        self.length = 0
-
-    def in_use(self, layer: int, kind: int) -> np.ndarray:
-        return self._buffers[layer, kind, :, :, : self.length]
-
-    def snapshot(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        layers = range(self._buffers.shape[0])
-        keys, values = ([self.in_use(i, kind).copy() for i in layers] for kind in (0, 1))
-        return keys, values
-
-    def load(self, keys: list[np.ndarray], values: list[np.ndarray]) -> None:
-        self.length = keys[0].shape[2]
-        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-            self.in_use(i, 0)[...] = k
-            self.in_use(i, 1)[...] = v
-
-
-class Decoder:
-    """The decoder session run the runtime's way: each call binds the KV cache's buffers as past
-    and present (written in place) and gets the last position's logits only."""
-
-    def __init__(self, session: ort.InferenceSession, decoder_cfg: dict) -> None:
-        self.session = session
-        self.layers = int(decoder_cfg["num_hidden_layers"])
-        self.kv_heads = int(decoder_cfg["num_key_value_heads"])
-        self.head_dim = int(decoder_cfg["head_dim"])
-        self._names = [
-            (
-                (M.past_key_name(i), M.present_key_name(i)),
-                (M.past_value_name(i), M.present_value_name(i)),
-            )
-            for i in range(self.layers)
-        ]
-        self._logits = np.empty((1, 1, int(decoder_cfg["vocab_size"])), np.float32)
-        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
-        self._keep_last = np.array(1, np.int64)
-
-    def new_cache(self, capacity: int) -> KVCache:
-        return KVCache(self.layers, self.kv_heads, self.head_dim, capacity)
-
-    def step(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Run (1, S, H) embeds after the cached positions; returns the last position's (V,)
-        logits (a view, overwritten by the next call)."""
-        length = embeds.shape[1]
-        total = cache.length + length
-        if total > cache.capacity:
-            raise MvgptError(
-                f"KV cache: expected at most {cache.capacity} positions, got {total}; fix: "
-                "lower max_new_tokens"
-            )
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        binding.bind_cpu_input(M.NUM_LOGITS_TO_KEEP, self._keep_last)
-        for layer, names in enumerate(self._names):
-            for kind, (past, present) in enumerate(names):
-                value = cache.values[layer][kind]
-                binding.bind_ortvalue_input(past, value)
-                binding.bind_ortvalue_output(present, value)
-        binding.bind_ortvalue_output("logits", self._logits_value)
-        self.session.run_with_iobinding(binding)
-        cache.length = total
-        return self._logits[0, -1]
-
-    def prefill(self, embeds: np.ndarray, cache: KVCache, chunk: int = PREFILL_CHUNK) -> np.ndarray:
-        """``step`` over (1, S, H) in runs of ``chunk`` positions."""
-        logits = None
-        for start in range(0, embeds.shape[1], chunk):
-            logits = self.step(embeds[:, start : start + chunk], cache)
-        return logits
+    ids: np.ndarray  # the prompt prefix's token ids
+    keys: tuple[np.ndarray, ...]  # per layer (1, kv_heads, P, head_dim)
+    values: tuple[np.ndarray, ...]
 
 
 class Pipeline:
@@ -170,8 +84,11 @@ class Pipeline:
         self.decoder_cfg = man[M.K_DECODER]
         self.num_visual_tokens = int(man[M.K_VISUAL]["num_visual_tokens"])
         self.notes = list(package.notes)
-        self._identity = object()
         self.decoder = Decoder(package.sessions[M.DECODER], self.decoder_cfg)
+        # this pipeline's prefills of the Encodings it answered; an entry goes with its Encoding
+        self._shared: weakref.WeakKeyDictionary[Encoding, _SharedPrefill] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @classmethod
     def load(
@@ -259,11 +176,13 @@ class Pipeline:
                 f"visual embeddings: expected {self.num_visual_tokens} (manifest), got "
                 f"{visual.shape[0]}; fix: re-export the package"
             )
+        visual = np.ascontiguousarray(visual, dtype=np.float32)
+        visual.flags.writeable = False
         return Encoding(
-            visual=np.ascontiguousarray(visual, dtype=np.float32),
-            frame_indices=[int(p) for p in positions],
-            selected_frames=[int(s) for s in selected],
-            seconds=seconds,
+            visual=visual,
+            frame_indices=tuple(int(p) for p in positions),
+            selected_frames=tuple(int(s) for s in selected),
+            seconds=MappingProxyType(seconds),
         )
 
     # ------------------------------------------------------------------ language
@@ -284,6 +203,36 @@ class Pipeline:
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         return self._run(M.EMBED_TOKENS, "inputs_embeds", {"input_ids": ids})  # (1, S, H)
 
+    def prompt_ids(self, question: str) -> np.ndarray:
+        """The question's prompt ids as the manifest describes the prompt (checks the question)."""
+        return manifest_prompt_ids(self.tokenizer, self.prompt, question)
+
+    def token_limit(self, prompt_length: int, max_new_tokens: int) -> int:
+        """How many tokens an answer may generate after ``prompt_length`` positions:
+        ``max_new_tokens``, cut to fit the decoder's max_position_embeddings."""
+        max_positions = self.decoder_cfg.get("max_position_embeddings")
+        if not max_positions:
+            return max_new_tokens
+        if prompt_length >= max_positions:
+            raise MvgptError(
+                f"prompt too long: expected fewer than {max_positions} positions, got "
+                f"{prompt_length}; fix: ask a shorter question"
+            )
+        return min(max_new_tokens, max_positions - prompt_length)
+
+    def prefill_shared(self, encoding: Encoding, prefix_ids: np.ndarray, cache: KVCache) -> bool:
+        """Fill an empty ``cache`` with [prompt prefix, visual]: from this pipeline's earlier
+        prefill of ``encoding`` when it has one (True), else by running the decoder (False) and
+        keeping a copy for the Encoding's later questions."""
+        shared = self._shared.get(encoding)
+        if shared is not None and np.array_equal(shared.ids, prefix_ids):
+            cache.load(shared.keys, shared.values)
+            return True
+        embeds = np.concatenate([self._embed(prefix_ids), encoding.visual[None]], axis=1)
+        self.decoder.prefill(embeds, cache)
+        self._shared[encoding] = _SharedPrefill(np.array(prefix_ids), *cache.snapshot())
+        return False
+
     def answer(
         self,
         video: str | Path | np.ndarray | Encoding,
@@ -299,13 +248,7 @@ class Pipeline:
     ) -> Answer:
         """Answer `question` about a video (path, frames, or an Encoding from ``encode``)."""
         start = time.perf_counter()
-        ids = prompt_ids(  # checks the question before any heavy work
-            self.tokenizer,
-            question,
-            int(self.prompt["num_image_placeholders"]),
-            int(self.prompt["num_image_sentinels"]),
-            self.prompt.get("system", "You are a helpful assistant."),
-        )
+        ids = self.prompt_ids(question)  # checks the question before any heavy work
         gen = self.generation_config(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -314,69 +257,42 @@ class Pipeline:
             seed=seed,
             repetition_penalty=repetition_penalty,
         )
-        reused = isinstance(video, Encoding)
-        encoding = video if reused else self.encode(video)
-        seconds = {k: 0.0 if reused else encoding.seconds.get(k, 0.0) for k in ENCODE_STAGES}
+        given = isinstance(video, Encoding)
+        encoding = video if given else self.encode(video)
+        seconds = {k: 0.0 if given else encoding.seconds.get(k, 0.0) for k in ENCODE_STAGES}
 
         t0 = time.perf_counter()
         prefix_ids, suffix_ids = split_visual(ids)
         prompt_length = len(prefix_ids) + self.num_visual_tokens + len(suffix_ids)
-        limit = gen.max_new_tokens
-        max_positions = self.decoder_cfg.get("max_position_embeddings")
-        if max_positions:
-            if prompt_length >= max_positions:
-                raise MvgptError(
-                    f"prompt too long: expected fewer than {max_positions} positions, got "
-                    f"{prompt_length}; fix: ask a shorter question"
-                )
-            limit = min(limit, max_positions - prompt_length)
+        limit = self.token_limit(prompt_length, gen.max_new_tokens)
         cache = self.decoder.new_cache(prompt_length + limit)
-        prefix = encoding.prefix
-        if (
-            prefix is not None
-            and prefix.owner is self._identity
-            and np.array_equal(prefix.ids, prefix_ids)
-        ):
-            cache.load(prefix.keys, prefix.values)
-        else:
-            embeds = np.concatenate([self._embed(prefix_ids), encoding.visual[None]], axis=1)
-            self.decoder.prefill(embeds, cache)
-            keys, values = cache.snapshot()
-            encoding.prefix = _Prefix(self._identity, np.array(prefix_ids), keys, values)
+        reused = self.prefill_shared(encoding, prefix_ids, cache)
         logits = self.decoder.prefill(self._embed(suffix_ids), cache)
         t1 = time.perf_counter()
         seconds["prefill"] = t1 - t0
 
-        sampler = Sampler(gen)
         stream = TextStream(self.tokenizer, on_text) if on_text is not None else None
-        generated: list[int] = []
-        ttft = None
-        steps, step_seconds = 0, 0.0
-        while len(generated) < limit:
-            token = sampler.next_token(logits, generated)
-            if sampler.is_eos(token):
-                break
-            generated.append(token)
-            if ttft is None:
-                ttft = time.perf_counter() - start
-            if stream is not None:
-                stream.push(token)
-            if len(generated) == limit:
-                break
-            t_step = time.perf_counter()
-            logits = self.decoder.step(self._embed([token]), cache)
-            steps, step_seconds = steps + 1, step_seconds + time.perf_counter() - t_step
+        decoded = decode_loop(
+            logits,
+            lambda token: self.decoder.run(self._embed([token]), cache),
+            Sampler(gen),
+            limit,
+            stream.push if stream is not None else None,
+        )
         if stream is not None:
             stream.finish()
         seconds["decode"] = time.perf_counter() - t1
+        first = decoded.first_token_at
         return Answer(
-            text=decode_answer(self.tokenizer, generated),
-            token_ids=generated,
-            frame_indices=list(encoding.frame_indices),
-            selected_frames=list(encoding.selected_frames),
-            seconds=seconds,
-            ttft_s=ttft if ttft is not None else time.perf_counter() - start,
-            decode_tokens_per_s=steps / step_seconds if steps and step_seconds > 0 else None,
+            text=decode_answer(self.tokenizer, decoded.token_ids),
+            token_ids=decoded.token_ids,
+            frame_indices=encoding.frame_indices,
+            selected_frames=encoding.selected_frames,
+            seconds=MappingProxyType(seconds),
+            ttft_s=(first if first is not None else time.perf_counter()) - start,
+            decode_tokens_per_s=decoded.steps / decoded.step_seconds
+            if decoded.steps and decoded.step_seconds > 0
+            else None,
             encoding_reused=reused,
         )
 

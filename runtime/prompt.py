@@ -22,7 +22,8 @@ IMAGE_TOKEN_INDEX = -200
 STOP_STRING = "<|im_end|>"
 
 
-def _check_question(question: str) -> str:
+def check_question(question: str) -> str:
+    """``question`` when it is a non-empty string; MvgptError otherwise."""
     if not isinstance(question, str) or not question.strip():
         raise MvgptError(
             f"empty question: expected a non-empty question about the video, got {question!r}; "
@@ -33,7 +34,7 @@ def _check_question(question: str) -> str:
 
 def chat_prompt(question: str, num_placeholders: int = 16, system: str = SYSTEM_PROMPT) -> str:
     """The reference's qwen2_instruct (ChatML) prompt with `num_placeholders` image placeholders."""
-    _check_question(question)
+    check_question(question)
     return (
         f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
         f"{IMAGE_PLACEHOLDER * num_placeholders}\n{question}<|im_end|>\n<|im_start|>assistant\n"
@@ -74,6 +75,17 @@ def prompt_ids(
                 continue
         kept.append(token)
     return np.asarray(kept, dtype=np.int64)
+
+
+def manifest_prompt_ids(tokenizer: tokenizers.Tokenizer, prompt: dict, question: str) -> np.ndarray:
+    """``prompt_ids`` with a package's prompt values (its manifest's ``prompt`` object)."""
+    return prompt_ids(
+        tokenizer,
+        question,
+        int(prompt["num_image_placeholders"]),
+        int(prompt["num_image_sentinels"]),
+        prompt.get("system", SYSTEM_PROMPT),
+    )
 
 
 def split_visual(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

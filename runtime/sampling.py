@@ -115,6 +115,12 @@ class GenerationConfig:
         values = {k: v for k, v in values.items() if v is not None}
         return cls(**values)
 
+    @classmethod
+    def check_overrides(cls, **overrides: object) -> None:
+        """Raise MvgptError for an unknown option or a bad value among ``overrides`` (None values
+        ignored) before any generation_config.json is at hand: the checks ``from_dict`` makes."""
+        cls.from_dict({}, **overrides)
+
 
 class Sampler:
     """Chooses each next token from the decoder's last-position logits."""

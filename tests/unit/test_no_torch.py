@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
     assert code == 0, code
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
     assert not leaked, leaked
-    print("ok", answer.token_ids)
+    print("ok", list(answer.token_ids))
     """
 )
 

@@ -1,0 +1,151 @@
+"""The decoder run the runtime's way: its KV cache, its runs (prefill chunks and decode steps),
+and the decode loop that chooses the answer's tokens.
+
+The KV cache has a fixed capacity and is allocated once per answer: one buffer per layer for keys
+and one for values. Every decoder run binds each buffer (IOBinding) as both its past input and
+its present output; the decoder's GroupQueryAttention sees the same memory and writes the new
+positions in place, so no token allocates or copies the cache (manifest: decoder.kv_cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from . import manifest as M
+from .errors import MvgptError
+from .sampling import Sampler
+
+PREFILL_CHUNK = 256  # positions per prefill run: bounds the attention scores' memory
+
+
+class KVCache:
+    """Fixed-capacity key/value cache of every decoder layer (see the module docstring): positions
+    ``[0, length)`` of each (1, kv_heads, capacity, head_dim) buffer are in use."""
+
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, capacity: int) -> None:
+        self.capacity = capacity
+        self._buffers = np.zeros((num_layers, 2, 1, kv_heads, capacity, head_dim), np.float32)
+        # per layer, the keys' and the values' OrtValue; they wrap the numpy memory, so binding
+        # them never copies
+        self.ort_values = [
+            [ort.OrtValue.ortvalue_from_numpy(self._buffers[layer, kind]) for kind in (0, 1)]
+            for layer in range(num_layers)
+        ]
+        self.length = 0
+
+    def in_use(self, layer: int, kind: int) -> np.ndarray:
+        return self._buffers[layer, kind, :, :, : self.length]
+
+    def snapshot(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Copies of the keys and of the values in use, per layer."""
+        layers = range(self._buffers.shape[0])
+        keys, values = (tuple(self.in_use(i, kind).copy() for i in layers) for kind in (0, 1))
+        return keys, values
+
+    def load(self, keys: tuple[np.ndarray, ...], values: tuple[np.ndarray, ...]) -> None:
+        """Start over from a ``snapshot``."""
+        self.length = keys[0].shape[2]
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            self.in_use(i, 0)[...] = k
+            self.in_use(i, 1)[...] = v
+
+
+class Decoder:
+    """The decoder session run the runtime's way: each call binds the KV cache's buffers as past
+    and present (written in place) and gets the last position's logits only."""
+
+    def __init__(self, session: ort.InferenceSession, decoder_cfg: dict) -> None:
+        self.session = session
+        self.layers = int(decoder_cfg["num_hidden_layers"])
+        self.kv_heads = int(decoder_cfg["num_key_value_heads"])
+        self.head_dim = int(decoder_cfg["head_dim"])
+        self._names = [
+            (
+                (M.past_key_name(i), M.present_key_name(i)),
+                (M.past_value_name(i), M.present_value_name(i)),
+            )
+            for i in range(self.layers)
+        ]
+        self._logits = np.empty((1, 1, int(decoder_cfg["vocab_size"])), np.float32)
+        self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
+        self._keep_last = np.array(1, np.int64)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.layers, self.kv_heads, self.head_dim, capacity)
+
+    def run(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
+        """One decoder run over (1, S, H) embeds after the cached positions (a decode step, or a
+        prefill chunk); returns the last position's (V,) logits (a view, overwritten by the next
+        call)."""
+        length = embeds.shape[1]
+        total = cache.length + length
+        if total > cache.capacity:
+            raise MvgptError(
+                f"KV cache: expected at most {cache.capacity} positions, got {total}; fix: "
+                "lower max_new_tokens"
+            )
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
+        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
+        binding.bind_cpu_input(M.NUM_LOGITS_TO_KEEP, self._keep_last)
+        for layer, names in enumerate(self._names):
+            for kind, (past, present) in enumerate(names):
+                value = cache.ort_values[layer][kind]
+                binding.bind_ortvalue_input(past, value)
+                binding.bind_ortvalue_output(present, value)
+        binding.bind_ortvalue_output("logits", self._logits_value)
+        self.session.run_with_iobinding(binding)
+        cache.length = total
+        return self._logits[0, -1]
+
+    def prefill(self, embeds: np.ndarray, cache: KVCache, chunk: int = PREFILL_CHUNK) -> np.ndarray:
+        """``run`` over (1, S, H) in runs of ``chunk`` positions."""
+        logits = None
+        for start in range(0, embeds.shape[1], chunk):
+            logits = self.run(embeds[:, start : start + chunk], cache)
+        return logits
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What ``decode_loop`` chose and how long its decoder steps took."""
+
+    token_ids: tuple[int, ...]
+    first_token_at: float | None  # time.perf_counter() when the first token was chosen
+    steps: int  # decoder runs after the prefill
+    step_seconds: float
+
+
+def decode_loop(
+    logits: np.ndarray,
+    step: Callable[[int], np.ndarray],
+    sampler: Sampler,
+    limit: int,
+    on_token: Callable[[int], None] | None = None,
+) -> Decoded:
+    """Up to ``limit`` tokens: each chosen by ``sampler`` from the latest logits (the prefill's
+    first), then ``step(token)`` gives the next logits (not after the last token); an eos token
+    ends the answer and is not kept. ``on_token`` hears each token as it is chosen."""
+    generated: list[int] = []
+    first_token_at = None
+    steps, step_seconds = 0, 0.0
+    while len(generated) < limit:
+        token = sampler.next_token(logits, generated)
+        if sampler.is_eos(token):
+            break
+        generated.append(token)
+        if first_token_at is None:
+            first_token_at = time.perf_counter()
+        if on_token is not None:
+            on_token(token)
+        if len(generated) == limit:
+            break
+        t_step = time.perf_counter()
+        logits = step(token)
+        steps, step_seconds = steps + 1, step_seconds + time.perf_counter() - t_step
+    return Decoded(tuple(generated), first_token_at, steps, step_seconds)
