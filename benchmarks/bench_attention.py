@@ -33,8 +33,11 @@ from mvgpt import kernels  # noqa: E402
 from mvgpt.runtime.manifest import (  # noqa: E402
     CUSTOM_OP_ATTENTION,
     CUSTOM_OP_DOMAIN,
+    IR_VERSION,
+    OPSET,
     ORT_CONTRIB_DOMAIN,
 )
+from mvgpt.runtime.sessions import session_options  # noqa: E402
 
 
 def graph(layers: int, nh: int, kvh: int, hd: int, max_pos: int, domain: str) -> bytes:
@@ -68,9 +71,9 @@ def graph(layers: int, nh: int, kvh: int, hd: int, max_pos: int, domain: str) ->
         ]
     model = helper.make_model(
         helper.make_graph(nodes, "attention", inputs + shared, outputs),
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)],
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(domain, 1)],
     )
-    model.ir_version = 9
+    model.ir_version = IR_VERSION
     return model.SerializeToString()
 
 
@@ -108,12 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         engines = {}
         kinds = [("mvgpt", isa, CUSTOM_OP_DOMAIN) for isa in isas]
         for name, isa, domain in [*kinds, ("onnxruntime", "-", ORT_CONTRIB_DOMAIN)]:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.log_severity_level = 3
-            if domain == CUSTOM_OP_DOMAIN:
+            custom = domain == CUSTOM_OP_DOMAIN
+            if custom:
                 os.environ["MVGPT_ATTENTION_ISA"] = isa  # read when the session creates the kernel
-                kernels.register(options, spinning=True)
+            options = session_options(threads, custom_op=CUSTOM_OP_ATTENTION if custom else None)
             session = ort.InferenceSession(
                 graph(args.layers, nh, kvh, hd, max_pos, domain), options, ["CPUExecutionProvider"]
             )

@@ -49,19 +49,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvgpt import kernels
     from mvgpt.kernels import portable
+    from mvgpt.runtime.manifest import CUSTOM_OP_SCAN
+    from mvgpt.runtime.sessions import library_available, session_options
 
     shape = (args.batch, args.dim, args.length, args.state)
     feeds = portable.random_inputs(*shape, True, True, True, seed=0)
 
     def make_session(model: onnx.ModelProto, custom: bool) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        if custom:
-            kernels.register(options)
+        options = session_options(args.threads, custom_op=CUSTOM_OP_SCAN if custom else None)
         return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
 
     native: dict[str, Callable[[], object]] = {}  # instruction set -> one call
-    if kernels.is_available():
+    if library_available():
         model = portable.scan_model(*shape, True, True, True, False)
         for isa in args.isa or kernels.cpu_isas():
             os.environ["MVGPT_SCAN_ISA"] = isa  # read when the session creates the kernel

@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import onnxruntime as ort
 
-    from mvgpt import kernels
     from mvgpt.runtime import manifest as M
     from mvgpt.runtime.decoder import PREFILL_CHUNK, Decoder
     from mvgpt.runtime.package import read_manifest
     from mvgpt.runtime.prompt import manifest_prompt_ids, split_visual
+    from mvgpt.runtime.sessions import library_available, session_options
 
     folder = os.path.expanduser(args.model)
     man = read_manifest(folder)
@@ -88,13 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     bandwidth = first["bandwidth"]
     rng = np.random.default_rng(0)
 
-    def session(file: str, custom: bool = False, spinning: bool = False) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        if custom:
-            kernels.register(options, spinning=spinning)
+    def session(file: str, custom_op: str | None = None) -> ort.InferenceSession:
+        options = session_options(args.threads, custom_op=custom_op)  # the runtime's
         path = os.path.join(folder, file)
         return ort.InferenceSession(path, options, ["CPUExecutionProvider"])
 
@@ -143,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         entry = stages[M.VIDEO_MAMBA]
         feeds = {"pixel_values": rng.standard_normal((1, 3, 8, 224, 224), np.float32)}
         runs = {}
-        if kernels.is_available():
-            runs["video_mamba[native op]"] = (entry[M.S_FILE], session(entry[M.S_FILE], True))
+        if library_available():
+            op = M.CUSTOM_OP_STAGES[M.VIDEO_MAMBA]
+            runs["video_mamba[native op]"] = (entry[M.S_FILE], session(entry[M.S_FILE], op))
         else:
             print("native op skipped: run `python -m mvgpt.kernels.build`", file=sys.stderr)
         portable = entry.get(M.S_PORTABLE_FILE)
@@ -178,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         del s
     gc.collect()
 
-    def bench_decoder(label: str, file: str, custom: bool) -> None:
-        s = session(file, custom, spinning=True)
+    def bench_decoder(label: str, file: str, custom_op: str | None) -> None:
+        s = session(file, custom_op)
         weight_bytes = floors.initializer_bytes(os.path.join(folder, file))
         embeds = 0.02 * rng.standard_normal((1, prompt_length, dims["hidden"]), np.float32)
         layers, kv_heads = dims["layers"], int(man[M.K_DECODER]["num_key_value_heads"])
@@ -216,10 +212,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if wanted("decoder"):
         entry = stages[M.DECODER]
-        bench_decoder("decoder", entry[M.S_FILE], M.S_PORTABLE_FILE in entry)
+        op = M.CUSTOM_OP_STAGES[M.DECODER] if M.S_PORTABLE_FILE in entry else None
+        bench_decoder("decoder", entry[M.S_FILE], op)
         gc.collect()
         if entry.get(M.S_PORTABLE_FILE):  # onnxruntime's attention kernel, same weights
-            bench_decoder("decoder[portable]", entry[M.S_PORTABLE_FILE], False)
+            bench_decoder("decoder[portable]", entry[M.S_PORTABLE_FILE], None)
             gc.collect()
 
     # the peaks again: the best of both measurements is the floor's peak

@@ -129,22 +129,22 @@ class OnnxEngine:
     ) -> None:
         import onnxruntime as ort
 
-        from mvgpt import kernels
+        from mvgpt.runtime import manifest as M
         from mvgpt.runtime.decoder import PREFILL_CHUNK, Decoder
+        from mvgpt.runtime.sessions import session_options
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        stages = manifest["stages"]
+        stages = manifest[M.K_STAGES]
         self.embed = ort.InferenceSession(
-            str(folder / stages["embed_tokens"]["file"]), options, ["CPUExecutionProvider"]
+            str(folder / stages[M.EMBED_TOKENS][M.S_FILE]),
+            session_options(threads),
+            ["CPUExecutionProvider"],
         )
-        entry = stages["decoder"]
-        file = entry["portable_file"] if portable else entry["file"]
-        if not portable and "portable_file" in entry:  # the main graph uses mvgpt's op
-            kernels.register(options, spinning=True)
-        session = ort.InferenceSession(str(folder / file), options, ["CPUExecutionProvider"])
+        entry = stages[M.DECODER]
+        file = entry[M.S_PORTABLE_FILE] if portable else entry[M.S_FILE]
+        op = None if portable else M.CUSTOM_OP_STAGES[M.DECODER]
+        session = ort.InferenceSession(
+            str(folder / file), session_options(threads, custom_op=op), ["CPUExecutionProvider"]
+        )
         self.decoder = Decoder(session, manifest["decoder"])
         self.chunk = chunk or PREFILL_CHUNK
         self.capacity = capacity  # KV cache positions: prompt + decoded tokens

@@ -63,10 +63,9 @@ class Work:
 def _session(model, threads: int):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    from mvgpt.runtime.sessions import session_options
+
+    options = session_options(threads)  # the runtime's
     return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
 
 
@@ -77,6 +76,8 @@ def measure_matmul_peak(
     "int8" (MatMulInteger, uint8 activations x int8 weight initializer with zero points)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
+
+    from mvgpt.runtime import manifest as M
 
     rng = np.random.default_rng(0)
     if kind == "fp32":
@@ -100,7 +101,9 @@ def measure_matmul_peak(
         [helper.make_tensor_value_info("y", y_type, [m, n])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", M.OPSET)], ir_version=M.IR_VERSION
+    )
     session = _session(model, threads)
     feeds = {"a": a}
     session.run(None, feeds)  # warm-up: weight prepacking, thread pool start

@@ -1,10 +1,11 @@
 """How closely one package's graphs agree with another's: the measuring side of quantization.
 
 Owns the one cosine / max-difference definition of the exporter (validation against torch uses
-it too), the onnxruntime sessions the checks open, and the check of quantized graphs against the
-fp32 graphs of the same export on the same seeded inputs. Needs numpy and onnxruntime only (no
-torch), so that the check also runs where torch is slow or absent - under CPU emulation, for
-example, where it shows what a package answers on a CPU the machine does not have:
+it too), the onnxruntime sessions the checks open (with the runtime's session options), and the
+check of quantized graphs against the fp32 graphs of the same export on the same seeded inputs.
+Needs numpy and onnxruntime only (no torch), so that the check also runs where torch is slow or
+absent - under CPU emulation, for example, where it shows what a package answers on a CPU the
+machine does not have:
 
     python -m mvgpt.exporter.agreement FP32_PACKAGE QUANTIZED_PACKAGE [--stages decoder]
 
@@ -23,26 +24,19 @@ import numpy as np
 import onnxruntime as ort
 
 from mvgpt.runtime import manifest as M
+from mvgpt.runtime.sessions import session_options
 
 PREFILL_TOKENS = 48
 DECODE_STEPS = 8
 VALIDATION_FRAMES = 4  # the value of every symbolic frame/batch axis in the checks
 SEED = 0
-PORTABLE_SUFFIX = "_portable"  # files key of a stage's graph without mvgpt ops
-CUSTOM_OP_STAGES = (M.VIDEO_MAMBA, M.DECODER)  # the graphs with mvgpt ops
 
 
-def session(path: Path, custom_ops: bool, threads: int = 0) -> ort.InferenceSession:
-    """A CPU session for a check; ``custom_ops`` loads the mvgpt library."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: ORT's notes on optional inputs are not news here
-    if threads:
-        opts.intra_op_num_threads = threads
-    if custom_ops:
-        from mvgpt import kernels
-
-        kernels.register(opts)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def session(path: Path, custom_op: str | None) -> ort.InferenceSession:
+    """A CPU session for a check, set up as the runtime sets it up; with ``custom_op`` (the
+    graph's mvgpt op) the mvgpt library is loaded."""
+    options = session_options(custom_op=custom_op)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def compare(got: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float]:
@@ -97,12 +91,12 @@ def check_quantized(
     upstream: dict[str, np.ndarray] = {}  # fp32 encoder outputs, fed to the projectors
     checks = []
     for key, method in methods.items():
-        custom = key in CUSTOM_OP_STAGES
-        ref_sess = session(fp32_dir / files[key], custom_ops=custom)
-        got_sess = session(quant_dir / files[key], custom_ops=custom)
+        op = M.CUSTOM_OP_STAGES.get(key)  # None for a portable graph's key
+        ref_sess = session(fp32_dir / files[key], op)
+        got_sess = session(quant_dir / files[key], op)
         top1 = None
         if key == M.DECODER:
-            embed = session(fp32_dir / files[M.EMBED_TOKENS], custom_ops=False)
+            embed = session(fp32_dir / files[M.EMBED_TOKENS], None)
             ref, got, top1 = _decoder_outputs(ref_sess, got_sess, embed, rng)
         else:
             feeds = _feeds(ref_sess, rng)
@@ -167,11 +161,13 @@ def _decoder_outputs(ref_sess, got_sess, embed_sess, rng):
 
 
 def package_files(manifest: dict) -> dict[str, str]:
-    """The ``files`` map of a package (stage -> graph file, plus ``video_mamba_portable``)."""
+    """The ``files`` map of a package: stage -> graph file, and portable_key(stage) -> portable
+    graph file (older packages measured one on its own)."""
     stages = manifest[M.K_STAGES]
     files = {stage: entry[M.S_FILE] for stage, entry in stages.items()}
-    if M.S_PORTABLE_FILE in stages.get(M.VIDEO_MAMBA, {}):
-        files[M.VIDEO_MAMBA + PORTABLE_SUFFIX] = stages[M.VIDEO_MAMBA][M.S_PORTABLE_FILE]
+    for stage, entry in stages.items():
+        if M.S_PORTABLE_FILE in entry:
+            files[M.portable_key(stage)] = entry[M.S_PORTABLE_FILE]
     return files
 
 

@@ -5,7 +5,7 @@ one-position step, onnxruntime's GQA kernel for everything else). The package's 
 is the same graph with the node in com.microsoft (kernels/portable.py).
 
 Why GQA: with the conventional ``present = Concat(past, new)`` every decoded token copies the
-whole cache (0.5b at 2450 positions: 60 MB per token, 22% of an int8 decode step). GQA writes the
+whole cache (at 0.5b and a full prompt, a large share of an int8 decode step). GQA writes the
 new keys/values into ``present`` and, when a caller binds ``past_key`` and ``present_key`` to the
 same buffer (IOBinding), writes them in place: the cache is allocated once per answer and never
 copied. The buffer may be longer than the positions in use; ``attention_mask`` (all ones, one
@@ -18,7 +18,7 @@ GQA also applies the rotary embedding (``do_rotary=1``, rotate-half as Qwen2, fr
 of every position up to max_position_embeddings, built like the reference's): position i of a run
 is ``past positions + i``, which is what the reference's position_ids are for unpadded rows, so the
 graph takes no position_ids. Keys enter the cache after rotation, as transformers stores them.
-One node instead of ~20 small RoPE/reshape ops per layer (measured in the closing notes).
+One node instead of ~20 small RoPE/reshape ops per layer.
 
 Everything around the core (norms, projections, MLP, tied logits) is the reference module's own
 code and weights, with q/k/v and gate/up each concatenated into one MatMul (the same products;
@@ -41,9 +41,6 @@ from mvgpt.models.qwen2 import (
     rotary_cos_sin,
 )
 from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN
-
-GQA_DOMAIN = CUSTOM_OP_DOMAIN
-GQA_OP = CUSTOM_OP_ATTENTION
 
 
 def rotary_tables(cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +78,7 @@ class _GroupQueryAttention(torch.autograd.Function):
         absent = g.op("prim::Constant")  # an empty input name: q, k and v come packed
         absent.setType(torch._C.OptionalType.ofTensor())
         out, present_k, present_v = g.op(
-            f"{GQA_DOMAIN}::{GQA_OP}",
+            f"{CUSTOM_OP_DOMAIN}::{CUSTOM_OP_ATTENTION}",
             qkv,
             absent,
             absent,

@@ -31,9 +31,11 @@ def resolve_folder(name: str, what: str) -> Path:
         patterns = ["*.json", "*.safetensors"]
         return Path(snapshot_download(repo_id=name, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, no permission: all one message
+        reason = " ".join(str(e).split())[:300] or "no message"
         raise CheckpointError(
-            f"{what} {name!r} is not a local folder and could not be downloaded from the hub "
-            f"({type(e).__name__}); pass a local folder instead"
+            f"{what} {name!r} is not a local folder and could not be downloaded from the hub: "
+            f"expected a folder or a hub id that downloads, got {type(e).__name__}: {reason}; "
+            "fix: pass a local folder, or check the id and the network"
         ) from e
 
 
@@ -72,6 +74,7 @@ def run(args) -> None:
         sys.stderr.flush()
 
     start = time.perf_counter()
+    options = dict(precision=args.precision, progress=progress, min_cosine=args.min_cosine)
     if args.random:
         from mvgpt.models.random_checkpoint import write_random_checkpoint
 
@@ -79,11 +82,11 @@ def run(args) -> None:
             progress(f"writing a random {args.random} checkpoint (weights are random)")
             ckpt, clip = write_random_checkpoint(tmp, args.random, args.seed)
             note = {"random_size": args.random, "random_seed": args.seed}
-            export_package(ckpt, clip, args.out, args.precision, note, progress, args.min_cosine)
+            export_package(ckpt, clip, args.out, source_note=note, **options)
     else:
         ckpt = resolve_folder(args.checkpoint, "checkpoint")
         clip = resolve_folder(args.clip or CLIP_HUB_ID, "CLIP folder")
-        export_package(ckpt, clip, args.out, args.precision, None, progress, args.min_cosine)
+        export_package(ckpt, clip, args.out, **options)
     progress(f"wrote {args.out} in {time.perf_counter() - start:.1f} s")
 
 

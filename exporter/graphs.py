@@ -13,12 +13,11 @@ import onnx
 import torch
 
 from mvgpt.exporter.wrappers import GraphSpec
+from mvgpt.runtime.manifest import IR_VERSION, OPSET
 
-OPSET = 17
-IR_VERSION = 8  # onnxruntime >= 1.10 reads it; newer IRs add nothing these graphs use
 # tensors above 4 KiB (Constant nodes' included) go to <file>.data: the .onnx files stay small,
-# and decoder_portable.onnx, which reads decoder.onnx.data, duplicates almost nothing (with 1 MiB
-# and initializers only, the 0.5b int8 twin was 55 MB of repeated small weights and RoPE tables)
+# and a portable graph, which reads its main graph's .data, repeats almost nothing (a threshold
+# of 1 MiB over initializers only left the small weights and the RoPE tables in both graphs)
 EXTERNAL_DATA_THRESHOLD = 4 << 10
 
 

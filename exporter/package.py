@@ -2,10 +2,10 @@
 
 Order of work: check both folders strictly (before any heavy work), load the reference, trace
 every stage (VideoMamba with the ``mvgpt::SelectiveScan`` op and the decoder with
-``mvgpt::GroupQueryAttention``, each plus a portable variant), validate each graph against
-torch, quantize where asked, then write tokenizer.json and manifest.json. The
-package is assembled in a hidden sibling folder and moved into place only when complete, so a
-failed export never leaves a folder that looks valid.
+``mvgpt::GroupQueryAttention``, each with its portable graph), validate each graph against
+torch, quantize where asked (the portable graphs made again from the quantized graphs), then
+write tokenizer.json and manifest.json. The package is assembled in a hidden sibling folder and
+moved into place only when complete, so a failed export never leaves a folder that looks valid.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from mvgpt.exporter.graphs import IR_VERSION, OPSET, export_graph, graph_bytes, save_model
+from mvgpt.exporter.graphs import export_graph, graph_bytes
 from mvgpt.exporter.quantize import MIN_COSINE, PRECISIONS, manifest_entry, quantize_package
 from mvgpt.exporter.scan_op import ScanOp, register_onnx_symbolic
 from mvgpt.exporter.validate import StageCheck, check_stage, format_table, raise_on_failures
@@ -34,18 +34,14 @@ from mvgpt.runtime.errors import ExportError
 from mvgpt.runtime.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from mvgpt.runtime.prompt import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, SYSTEM_PROMPT
 
-PORTABLE_SUFFIX = "_portable"
-PORTABLE_STAGES = (M.VIDEO_MAMBA, M.DECODER)  # stages whose graph uses an mvgpt op
 
-
-def portable_name(stage: str) -> str:
-    return f"{stage}{PORTABLE_SUFFIX}.onnx"
-
-
-def write_twin(graph: Path, twin: Path) -> None:
-    """The portable decoder: ``graph`` with its attention nodes in com.microsoft
-    (kernels/portable.py), next to it and reading the same external data file."""
-    onnx.save_model(make_portable(onnx.load(str(graph), load_external_data=False)), str(twin))
+def write_portable_graphs(staging: Path, files: dict[str, str]) -> None:
+    """Each custom-op stage's portable graph (kernels/portable.py: the stage's graph with its
+    mvgpt op rewritten) beside the stage's graph, reading the same external data file; made
+    again after quantization, so that both graphs always hold the same weights."""
+    for stage in M.CUSTOM_OP_STAGES:
+        graph = onnx.load(str(staging / files[stage]), load_external_data=False)
+        onnx.save_model(make_portable(graph), str(staging / M.portable_file(stage)))
 
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # the official inference.py default
@@ -135,8 +131,8 @@ def build_manifest(
             M.S_INPUTS: [t.to_dict() for t in spec.inputs],
             M.S_OUTPUTS: [t.to_dict() for t in spec.outputs],
         }
-        if spec.stage in PORTABLE_STAGES:
-            entry[M.S_PORTABLE_FILE] = portable_name(spec.stage)
+        if spec.stage in M.CUSTOM_OP_STAGES:
+            entry[M.S_PORTABLE_FILE] = M.portable_file(spec.stage)
         stages[spec.stage] = entry
     size = cfg.clip.image_size
     qwen = cfg.qwen
@@ -144,11 +140,10 @@ def build_manifest(
         M.K_SCHEMA_VERSION: M.SCHEMA_VERSION,
         M.K_SOURCE: source,
         M.K_PRECISION: precision,
-        M.K_OPSET: OPSET,
-        M.K_IR_VERSION: IR_VERSION,
+        M.K_OPSET: M.OPSET,
+        M.K_IR_VERSION: M.IR_VERSION,
         M.K_CUSTOM_OPS: [
-            {"domain": M.CUSTOM_OP_DOMAIN, "op_type": op}
-            for op in (M.CUSTOM_OP_SCAN, M.CUSTOM_OP_ATTENTION)
+            {"domain": M.CUSTOM_OP_DOMAIN, "op_type": op} for op in M.CUSTOM_OP_STAGES.values()
         ],
         M.K_STAGES: stages,
         M.K_PREPROCESS: {
@@ -203,6 +198,7 @@ def export_package(
     checkpoint_dir: str | Path,
     clip_dir: str | Path,
     out: str | Path,
+    *,
     precision: str = "fp32",
     source_note: dict | None = None,
     progress: Progress = _quiet,
@@ -219,7 +215,13 @@ def export_package(
     staging = prepare_output(out)
     try:
         checks = _export_into(
-            checkpoint_dir, clip_dir, staging, precision, source_note, progress, min_cosine
+            checkpoint_dir,
+            clip_dir,
+            staging,
+            precision=precision,
+            source_note=source_note,
+            progress=progress,
+            min_cosine=min_cosine,
         )
         publish(staging, out)
     except BaseException:
@@ -228,11 +230,20 @@ def export_package(
     return checks
 
 
-def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, progress, min_cosine):
+def _export_into(
+    checkpoint_dir: Path,
+    clip_dir: Path,
+    staging: Path,
+    *,
+    precision: str,
+    source_note: dict | None,
+    progress: Progress,
+    min_cosine: float,
+) -> list[StageCheck]:
     progress("loading checkpoint")
     ckpt = load_checkpoint(checkpoint_dir, clip_dir)
     model = MobileVideoGPT.from_checkpoint(ckpt)
-    register_onnx_symbolic(OPSET)
+    register_onnx_symbolic(M.OPSET)
     for block in model.video_mamba.layers:
         block.mixer.scan = ScanOp(delta_softplus=True)
     specs = graph_specs(model)
@@ -242,19 +253,14 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
         progress(f"[{n}/{len(specs)}] exporting {name}")
         export_graph(spec, staging / name)
         files[spec.stage] = name
-        if spec.stage == M.VIDEO_MAMBA:  # its own weights: quantized like the main graph
-            portable = portable_name(spec.stage)
-            save_model(make_portable(onnx.load(str(staging / name))), staging / portable)
-            files[spec.stage + PORTABLE_SUFFIX] = portable
-        elif spec.stage == M.DECODER:
-            write_twin(staging / name, staging / portable_name(spec.stage))
+    write_portable_graphs(staging, files)
     checks = []
     for spec in specs:
         progress(f"validating {files[spec.stage]}")
-        checks.append(check_stage(spec, staging / files[spec.stage], custom_ops=True))
-        if spec.stage in PORTABLE_STAGES:
-            portable = staging / portable_name(spec.stage)
-            checks.append(check_stage(spec, portable, custom_ops=False))
+        op = M.CUSTOM_OP_STAGES.get(spec.stage)
+        checks.append(check_stage(spec, staging / files[spec.stage], custom_op=op))
+        if op is not None:
+            checks.append(check_stage(spec, staging / M.portable_file(spec.stage), custom_op=None))
     progress("validation:\n" + format_table(checks))
     raise_on_failures(checks)
     shutil.copy(checkpoint_dir / M.TOKENIZER_FILE, staging / M.TOKENIZER_FILE)
@@ -268,16 +274,16 @@ def _export_into(checkpoint_dir, clip_dir, staging, precision, source_note, prog
     }
     tokens = special_token_ids(checkpoint_dir / M.TOKENIZER_FILE)
     manifest = build_manifest(
-        model, specs, files, source, ckpt.generation_config, tokens, precision
+        model, specs, files, source, ckpt.generation_config, tokens, precision=precision
     )
     del model, specs, ckpt  # the torch weights are not needed to quantize: free them first
     gc.collect()
     if precision != "fp32":
         quant_checks = quantize_package(staging, files, precision, progress, min_cosine)
         manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks, min_cosine)
-        write_twin(staging / files[M.DECODER], staging / portable_name(M.DECODER))
-    twin = portable_name(M.DECODER)  # its bytes are the graph only: it reads decoder.onnx.data
-    sizes = {name: graph_bytes(staging / name) for name in (*files.values(), twin)}
-    manifest[M.K_SIZES] = sizes
+        write_portable_graphs(staging, files)  # from the quantized graphs
+    # a portable graph's bytes are its graph only: it reads its main graph's data file
+    graphs = [*files.values(), *(M.portable_file(stage) for stage in M.CUSTOM_OP_STAGES)]
+    manifest[M.K_SIZES] = {name: graph_bytes(staging / name) for name in graphs}
     (staging / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
     return checks

@@ -3,17 +3,17 @@ embedding-table graph, and the check of every quantized graph against its fp32 O
 
 - ``int8``: onnxruntime's dynamic quantization (int8 weights in the 7-bit range [-64, 64], see
   INT8_REDUCE_RANGE; uint8 activations quantized at run time) of the MatMuls with constant
-  weights in clip_vision, video_mamba (custom-op and portable), both projectors and the decoder
-  (its tied lm_head is a plain MatMul on a constant-folded, pre-transposed copy of the table, so
-  it is quantized too). embed_tokens becomes an int8 table
-  with one fp32 scale per row, dequantized in the graph (Gather, Gather, Mul). The frame scorer
-  stays fp32: it has no weights and its softmax scores decide which frames are kept.
+  weights in clip_vision, video_mamba, both projectors and the decoder (its tied lm_head is a
+  plain MatMul on a constant-folded, pre-transposed copy of the table, so it is quantized too).
+  embed_tokens becomes an int8 table with one fp32 scale per row, dequantized in the graph
+  (Gather, Gather, Mul). The frame scorer stays fp32: it has no weights and its softmax scores
+  decide which frames are kept. The portable graphs are not quantized on their own: the exporter
+  makes them again from the quantized graphs (package.write_portable_graphs).
 - ``int4``: the decoder's weight MatMuls (lm_head included) as ``MatMulNBits`` (4-bit symmetric
   blocks of 32 along K, as onnxruntime-genai's builder makes them; ``accuracy_level=4`` so the CPU
   kernel runs int8 dot products); the rest as ``int8``.
-- ``int4-b128``: the same with blocks of 128: fewer scales, a faster decode step (0.5b at 2450
-  positions, 2 threads: 18-23 ms vs 23-28 ms for blocks of 32), a larger error (decoder cosine
-  0.855 vs 0.881 on random weights).
+- ``int4-b128``: the same with blocks of 128: fewer scales, a faster decode step, a larger error
+  (README: Precisions).
 
 Every quantized graph is run next to its fp32 graph on the same fresh inputs (projectors on the
 fp32 encoders' outputs, the decoder on embeddings of random token ids, prefill plus cached steps);
@@ -40,16 +40,14 @@ from mvgpt.runtime.errors import ExportError
 
 PRECISIONS = ("fp32", "int8", "int4", "int4-b128")
 MIN_COSINE = 0.99
-INT8_PER_CHANNEL = True  # 0.5b decoder: cosine 0.9965 vs 0.9956 per-tensor, same speed
+INT8_PER_CHANNEL = True  # closer to fp32 than per-tensor scales, at the same speed
 # Weights in [-64, 64], not [-127, 127], so that no CPU's int8 kernel saturates: onnxruntime's
 # u8 x s8 kernel for AVX2 (and AVX-512 without VNNI) adds pairs of u8 * s8 products in int16
 # (vpmaddubsw), which overflows past 32767 when both weights of a pair are large and the
 # activations near 255; 255 * 64 * 2 = 32640 fits. VNNI adds four products in int32 and never
-# saturated, so full-range packages answered differently by CPU (tiny decoder on an emulated
-# Haswell: cosine 0.9977 vs 0.9999 on VNNI). Measured on the seed-0 random 0.5b decoder
-# against fp32 (VNNI): full range 0.99649, 7-bit 0.99343, u8 weights (onnxruntime's u8 x u8
-# kernel, which cannot saturate either) 0.99662 but a 512-token prefill 1.6x slower; the
-# 7-bit weights keep the u8 x s8 kernels' speed on every CPU (tests/export/test_int8_any_cpu.py).
+# saturated, so full-range packages answered differently by CPU. u8 weights (onnxruntime's
+# u8 x u8 kernel) cannot saturate either but make prefill slower; the 7-bit weights keep the
+# u8 x s8 kernels' speed on every CPU (README: Precisions; tests/export/test_int8_any_cpu.py).
 INT8_REDUCE_RANGE = True
 INT8_WEIGHT_RANGE = (-64, 64)  # what INT8_REDUCE_RANGE gives symmetric int8 weights
 INT8_OP_TYPES = ["MatMul"]  # the traced graphs hold no Gemm (Linear on 3-D inputs is MatMul+Add)
@@ -68,7 +66,7 @@ Progress = Callable[[str], None]
 
 
 def plan(precision: str, files: dict[str, str]) -> dict[str, str]:
-    """Method per ``files`` key (stage names plus ``video_mamba_portable``) for a precision."""
+    """Method per ``files`` key (stage names) for a precision."""
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     methods = {}

@@ -14,10 +14,8 @@ from torch import nn
 
 from mvgpt.models.scan import selective_scan_ref
 from mvgpt.runtime.errors import ExportError
-from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
+from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN, OPSET
 
-DOMAIN = CUSTOM_OP_DOMAIN  # the op identity is defined once, in runtime/manifest.py
-OP_TYPE = CUSTOM_OP_SCAN
 TORCH_OP = "mvgpt::selective_scan"
 
 
@@ -49,15 +47,15 @@ def _symbolic(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     softplus = symbolic_helper._maybe_get_const(delta_softplus, "b")
     if not isinstance(softplus, bool | int):
         raise ExportError(
-            f"{OP_TYPE}: delta_softplus must be a Python bool at export time, got {softplus!r}; "
-            "fix: pass a constant (the mixer's config value)"
+            f"{CUSTOM_OP_SCAN}: delta_softplus must be a Python bool at export time, got "
+            f"{softplus!r}; fix: pass a constant (the mixer's config value)"
         )
     inputs = [u, delta, A, B, C, D]
     for opt in (z, delta_bias):
         inputs.append(symbolic_opset9.unused(g) if symbolic_helper._is_none(opt) else opt)
     while len(inputs) > 6 and symbolic_helper._is_none(inputs[-1]):
         inputs.pop()  # trailing absent inputs are simply left out
-    y = g.op(f"{DOMAIN}::{OP_TYPE}", *inputs, delta_softplus_i=int(bool(softplus)))
+    y = g.op(f"{CUSTOM_OP_DOMAIN}::{CUSTOM_OP_SCAN}", *inputs, delta_softplus_i=int(bool(softplus)))
     y.setType(u.type())
     return y
 
@@ -65,7 +63,7 @@ def _symbolic(g, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 _REGISTERED: set[int] = set()
 
 
-def register_onnx_symbolic(opset: int = 17) -> None:
+def register_onnx_symbolic(opset: int = OPSET) -> None:
     """Register the TorchScript-exporter symbolic for ``opset`` (idempotent)."""
     if opset in _REGISTERED:
         return
@@ -83,8 +81,9 @@ class ScanOp(nn.Module):
     def forward(self, u, delta, A, B, C, D, z, delta_bias):  # noqa: D102 - as SelectiveScan
         if B.dim() != 3 or C.dim() != 3:
             raise ExportError(
-                f"{OP_TYPE}: B and C must be (batch, state, length), got {tuple(B.shape)} and "
-                f"{tuple(C.shape)}; fix: grouped (4-D) B/C are not supported by the op"
+                f"{CUSTOM_OP_SCAN}: B and C must be (batch, state, length), got "
+                f"{tuple(B.shape)} and {tuple(C.shape)}; fix: grouped (4-D) B/C are not supported "
+                "by the op"
             )
         if D is None:  # the op needs D; zeros keep y unchanged
             D = u.new_zeros(u.shape[1])

@@ -61,8 +61,14 @@ def compare(ort_out: list[np.ndarray], torch_out: list[np.ndarray]) -> tuple[flo
 
 
 def check_stage(
-    spec: GraphSpec, path: Path, custom_ops: bool, seed: int = 0, tolerance: float = FP32_TOLERANCE
+    spec: GraphSpec,
+    path: Path,
+    custom_op: str | None,
+    seed: int = 0,
+    tolerance: float = FP32_TOLERANCE,
 ) -> StageCheck:
+    """``path`` (a graph of ``spec``'s stage; ``custom_op``: the mvgpt op it uses, None for a
+    portable graph) against ``spec.module`` on fresh inputs."""
     gen = torch.Generator().manual_seed(seed)
     inputs = fresh_inputs(spec, gen)
     with torch.no_grad():
@@ -70,7 +76,7 @@ def check_stage(
     expected = expected if isinstance(expected, tuple) else (expected,)
     torch_out = [t.float().numpy() for t in expected]
     feeds = {s.name: t.numpy() for s, t in zip(spec.inputs, inputs, strict=True)}
-    ort_out = agreement.session(path, custom_ops).run([s.name for s in spec.outputs], feeds)
+    ort_out = agreement.session(path, custom_op).run([s.name for s in spec.outputs], feeds)
     abs_diff, rel_diff, cosine = compare(ort_out, torch_out)
     return StageCheck(spec.stage, path.name, abs_diff, rel_diff, cosine, rel_diff <= tolerance)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mvgpt.exporter.attention import GQA_DOMAIN, GqaDecoder
+from mvgpt.exporter.attention import GqaDecoder
 from mvgpt.models.mobile_videogpt import MobileVideoGPT
 from mvgpt.runtime import manifest as M
 
@@ -209,7 +209,7 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
                 torch.tensor(0, dtype=torch.int64),
             ),
             export_module=DecoderGraph(model, gqa=True),
-            custom_opsets={GQA_DOMAIN: 1},
+            custom_opsets={M.CUSTOM_OP_DOMAIN: 1},
         )
     )
     return specs

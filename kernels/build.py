@@ -35,8 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mvgpt.kernels import LIB_NAME
 from mvgpt.runtime.errors import KernelError
+from mvgpt.runtime.sessions import built_library_path
 
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = tuple(KERNEL_DIR / s for s in ("selective_scan.cc", "attention.cc", "library.cc"))
@@ -48,7 +48,7 @@ HEADERS = tuple(
     )
 )  # fmt: skip
 DEPENDS = (*SOURCES, *HEADERS)  # rebuild when any of these is newer than the library
-LIB_PATH = KERNEL_DIR / "lib" / LIB_NAME
+LIB_PATH = built_library_path()  # where the runtime looks for it
 CXXFLAGS = ("-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra")
 HEADER_CACHE = KERNEL_DIR / "_headers"
 SDK_DIRS = (Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime"))

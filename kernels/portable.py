@@ -29,13 +29,11 @@ from mvgpt.runtime.manifest import (
     CUSTOM_OP_ATTENTION,
     CUSTOM_OP_DOMAIN,
     CUSTOM_OP_SCAN,
+    IR_VERSION,
+    OPSET,
     ORT_CONTRIB_DOMAIN,
 )
 
-DOMAIN = CUSTOM_OP_DOMAIN  # the op identity is defined once, in runtime/manifest.py
-OP_TYPE = CUSTOM_OP_SCAN
-OPSET = 17
-IR_VERSION = 10  # onnx 1.23 writes IR 14 by default; onnxruntime accepts up to its own maximum
 INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 Dim = int | str
@@ -174,7 +172,7 @@ def _replace(
 
 
 def _is_scan(node: onnx.NodeProto) -> bool:
-    return node.domain == DOMAIN and node.op_type == OP_TYPE
+    return node.domain == CUSTOM_OP_DOMAIN and node.op_type == CUSTOM_OP_SCAN
 
 
 def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -185,7 +183,9 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     attention = [
-        n for n in out.graph.node if n.domain == DOMAIN and n.op_type == CUSTOM_OP_ATTENTION
+        n
+        for n in out.graph.node
+        if n.domain == CUSTOM_OP_DOMAIN and n.op_type == CUSTOM_OP_ATTENTION
     ]
     for node in attention:
         node.domain = ORT_CONTRIB_DOMAIN
@@ -203,7 +203,7 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         if not _is_scan(node):
             new_nodes.append(node)
             continue
-        prefix = f"{node.name or OP_TYPE}_portable{index}/"
+        prefix = f"{node.name or CUSTOM_OP_SCAN}_portable{index}/"
         while any(name.startswith(prefix) for name in taken):
             prefix = f"_{prefix}"
         nodes, inits = _replace(node, out.graph, prefix)
@@ -211,11 +211,11 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         out.graph.initializer.extend(inits)
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
-    still_used = any(n.domain == DOMAIN for n in out.graph.node) or any(
-        n.domain == DOMAIN for f in out.functions for n in f.node
+    still_used = any(n.domain == CUSTOM_OP_DOMAIN for n in out.graph.node) or any(
+        n.domain == CUSTOM_OP_DOMAIN for f in out.functions for n in f.node
     )
     if not still_used:
-        keep = [o for o in out.opset_import if o.domain != DOMAIN]
+        keep = [o for o in out.opset_import if o.domain != CUSTOM_OP_DOMAIN]
         del out.opset_import[:]
         out.opset_import.extend(keep)
     return out
@@ -286,7 +286,12 @@ def scan_model(
     while node_inputs[-1] == "":
         node_inputs.pop()
     node = helper.make_node(
-        OP_TYPE, node_inputs, ["y"], name="scan", domain=DOMAIN, delta_softplus=int(softplus)
+        CUSTOM_OP_SCAN,
+        node_inputs,
+        ["y"],
+        name="scan",
+        domain=CUSTOM_OP_DOMAIN,
+        delta_softplus=int(softplus),
     )
     graph = helper.make_graph(
         [node],
@@ -296,7 +301,7 @@ def scan_model(
     )
     model = helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(CUSTOM_OP_DOMAIN, 1)],
         ir_version=IR_VERSION,
         producer_name="mvgpt",
     )

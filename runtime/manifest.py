@@ -5,8 +5,8 @@ Layout of a package folder::
 
     manifest.json  tokenizer.json  clip_vision.onnx  frame_scorer.onnx  video_mamba.onnx
     video_mamba_portable.onnx  image_projector.onnx  video_projector.onnx  embed_tokens.onnx
-    decoder.onnx  decoder_portable.onnx  (+ *.onnx.data external weights; decoder_portable.onnx
-    reads decoder.onnx.data)
+    decoder.onnx  decoder_portable.onnx  (+ *.onnx.data external weights; each portable graph
+    reads its main graph's: video_mamba.onnx.data, decoder.onnx.data)
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ K_TOKENIZER = "tokenizer"
 K_SIZES = "sizes_bytes"  # {graph file: bytes incl. external data}
 K_QUANTIZATION = "quantization"  # {min_cosine, reference, stages: {key: quantization entry}}
 
-# keys of the quantization object and of its per-graph entries (keys: stage names, plus
-# "video_mamba_portable"); measured against the fp32 ONNX graphs of the same export
+# keys of the quantization object and of its per-graph entries (keys: stage names; packages
+# exported before the portable graphs were derived from the quantized main graphs also have
+# portable_key(VIDEO_MAMBA)); measured against the fp32 ONNX graphs of the same export
 Q_MIN_COSINE = "min_cosine"
 Q_REFERENCE = "reference"
 Q_STAGES = "stages"
@@ -95,10 +96,29 @@ DECODER_KV_CACHE = (
     "a past; bind present.* to the same buffer to write new keys/values in place"
 )
 
+# the ONNX versions of every graph of a package (recorded under K_OPSET and K_IR_VERSION)
+OPSET = 17
+IR_VERSION = 8  # onnxruntime >= 1.10 reads it; the graphs use nothing a newer IR adds
+
 CUSTOM_OP_DOMAIN = "mvgpt"
 CUSTOM_OP_SCAN = "SelectiveScan"
 CUSTOM_OP_ATTENTION = "GroupQueryAttention"  # com.microsoft's op, own decode kernel
 ORT_CONTRIB_DOMAIN = "com.microsoft"  # where the portable decoder's attention op lives
+
+# The stages whose graph uses an mvgpt op, and the op. Each also has a portable graph: the same
+# graph with the op rewritten into ops every onnxruntime has (kernels/portable.py), reading the
+# main graph's external data; its stage entry names it under S_PORTABLE_FILE.
+CUSTOM_OP_STAGES = {VIDEO_MAMBA: CUSTOM_OP_SCAN, DECODER: CUSTOM_OP_ATTENTION}
+
+
+def portable_key(stage: str) -> str:
+    """The name of a stage's portable graph where graphs are keyed (quantization entries)."""
+    return f"{stage}_portable"
+
+
+def portable_file(stage: str) -> str:
+    """The file name the exporter gives a stage's portable graph."""
+    return f"{portable_key(stage)}.onnx"
 
 
 def past_key_name(layer: int) -> str:

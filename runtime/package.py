@@ -1,10 +1,11 @@
 """Loading a model package folder: manifest.json -> one onnxruntime session per stage.
 
 Owns the manifest checks (folder, JSON, schema version, required keys, graph files), the
-execution-provider choice, the mvgpt custom-op library (or the portable video_mamba and decoder
-graphs when the library is missing or cannot be loaded), and the load-time check of every
-session's real inputs and outputs against the manifest, reported all at once in one
-PackageError. ORT loads the ``*.onnx.data`` external weights from beside each graph.
+execution-provider choice, the choice between a custom-op stage's graph (with the mvgpt library,
+see sessions.py) and its portable graph (when the library is missing or cannot be loaded), and
+the load-time check of every session's real inputs and outputs against the manifest, reported
+all at once in one PackageError. ORT loads the ``*.onnx.data`` external weights from beside
+each graph.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from typing import Any
 import onnxruntime as ort
 import tokenizers
 
-from mvgpt import kernels
-
 from . import manifest as M
 from .errors import KernelError, MvgptError, PackageError
+from .sessions import LIB_NAME, library_available, session_options
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -152,10 +152,6 @@ def read_manifest(folder: str | Path) -> dict:
     return data
 
 
-def _describe(spec: Any) -> str:
-    return json.dumps(spec)
-
-
 def _check_tensors(
     where: str, declared: Any, actual: list, required: list[str], kind: str
 ) -> list[str]:
@@ -234,36 +230,6 @@ class Package:
         return bool(isinstance(source, dict) and source.get("random_weights"))
 
 
-# One CPU memory arena for every session of the process, instead of one per session: the stages
-# run one after another, so each reuses what the previous one freed. Measured (int8 0.5b
-# package, 3 answers in one process, 2 threads): peak RSS 1496 MiB with per-session arenas (the
-# second answer grows them by ~230 MiB), 1207-1255 MiB shared; ttft and decode unchanged.
-SHARED_ARENA = ("session.use_env_allocators", "1")
-_shared_arena_registered = False
-
-
-def _register_shared_arena() -> None:
-    """Register onnxruntime's process-wide CPU arena (default settings) once per process."""
-    global _shared_arena_registered
-    if not _shared_arena_registered:
-        info = ort.OrtMemoryInfo(
-            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-        )
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
-        _shared_arena_registered = True
-
-
-def _session_options(threads: int | None) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    _register_shared_arena()
-    options.add_session_config_entry(*SHARED_ARENA)
-    return options
-
-
 def _open(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -299,12 +265,12 @@ def load_package(folder: str | Path, provider: str = "cpu", threads: int | None 
     sessions: dict[str, ort.InferenceSession] = {}
     uses_ops: dict[str, bool] = {}
     for stage in M.STAGES:
-        options = _session_options(threads)
-        file = stages[stage][M.S_FILE]
-        if stage in CUSTOM_OP_STAGES:
-            uses_ops[stage], file = _custom_op_file(
-                stage, folder, stages[stage], options, provider, notes
+        if stage in M.CUSTOM_OP_STAGES:
+            options, file, uses_ops[stage] = _library_or_portable(
+                stage, folder, stages[stage], threads, provider, notes
             )
+        else:
+            options, file = session_options(threads), stages[stage][M.S_FILE]
         sessions[stage] = _open(folder / file, options, providers)
     problems = []
     for stage, session in sessions.items():
@@ -359,38 +325,34 @@ def int8_notes(manifest: dict, provider: str, flags: set[str] | None = None) -> 
     ]
 
 
-# the stages whose graphs use mvgpt ops, and the op each needs
-CUSTOM_OP_STAGES = {M.VIDEO_MAMBA: M.CUSTOM_OP_SCAN, M.DECODER: M.CUSTOM_OP_ATTENTION}
-
-
-def _custom_op_file(
+def _library_or_portable(
     stage: str,
     folder: Path,
     entry: dict,
-    options: ort.SessionOptions,
+    threads: int | None,
     provider: str,
     notes: list[str],
-) -> tuple[bool, str]:
-    """(custom_ops, file): the custom-op graph when the library loads (CPU), else portable.
-    The decoder's op runs on onnxruntime's thread pool, so its session keeps spinning on."""
-    op = CUSTOM_OP_STAGES[stage]
+) -> tuple[ort.SessionOptions, str, bool]:
+    """(options, file, custom_ops) of a stage with an mvgpt op: options with the library loaded
+    and the stage's graph when the library loads (CPU), else plain options and the portable
+    graph, with a note saying why."""
+    op = M.CUSTOM_OP_STAGES[stage]
     portable = entry.get(M.S_PORTABLE_FILE)
     has_portable = isinstance(portable, str) and (folder / portable).is_file()
     try:
-        if not kernels.is_available():
+        if not library_available():
             reason = "the mvgpt custom-op library is not built"
         elif provider != "cpu" and has_portable:
             reason = f"the {op} kernel is CPU-only and the provider is {provider}"
         else:
-            kernels.register(options, spinning=stage == M.DECODER)
-            return True, entry[M.S_FILE]
+            return session_options(threads, custom_op=op), entry[M.S_FILE], True
     except KernelError as e:
         reason = str(e)
     if not has_portable:
         raise KernelError(
             f"{stage} needs the {op} custom op and the package has no portable graph: "
-            f"expected {kernels.LIB_NAME} or {portable!r}, got neither ({reason}); "
+            f"expected {LIB_NAME} or {portable!r}, got neither ({reason}); "
             "fix: build it with `python -m mvgpt.kernels.build`"
         )
     notes.append(f"{stage} runs the portable graph ({reason}; slower)")
-    return False, portable
+    return session_options(threads), portable, False

@@ -17,7 +17,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from mvgpt.kernels import build
-from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN
+from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, CUSTOM_OP_DOMAIN, IR_VERSION, OPSET
 
 CHECK_SOURCE = build.KERNEL_DIR / "check" / "kernel_check.cc"
 MAX_POS = 4096  # rotary table rows: room for the long-cache tests
@@ -126,10 +126,8 @@ def attention_model(
         inputs += [helper.make_tensor_value_info(n, f, [MAX_POS, hd // 2]) for n in ("cos", "sin")]
     outputs = [helper.make_tensor_value_info(n, f, None) for n in ("o", "prk", "prv")]
     graph = helper.make_graph([node], "gqa", inputs, outputs)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]
-    m = helper.make_model(graph, opset_imports=opsets)
-    m.ir_version = 9
-    return m
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(domain, 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION)
 
 
 def tables(hd: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Test helper: open every graph of a package folder (custom-op and portable variants) and check
+"""Test helper: open every graph of a package folder (custom-op and portable graphs) and check
 its input/output names against the manifest."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mvgpt import kernels
 from mvgpt.runtime import manifest as M
+from mvgpt.runtime.sessions import session_options
 
 
 def assert_graphs_match_manifest(out: Path, manifest: dict) -> list[Path]:
@@ -20,10 +20,10 @@ def assert_graphs_match_manifest(out: Path, manifest: dict) -> list[Path]:
             if name is None:
                 continue
             assert (out / name).is_file(), f"{stage}: {name} missing"
-            opts = ort.SessionOptions()
-            if name == entry[M.S_FILE] and M.S_PORTABLE_FILE in entry:  # the mvgpt-op graph
-                kernels.register(opts)
-            sess = ort.InferenceSession(str(out / name), opts, providers=["CPUExecutionProvider"])
+            op = M.CUSTOM_OP_STAGES.get(stage) if name == entry[M.S_FILE] else None
+            sess = ort.InferenceSession(
+                str(out / name), session_options(custom_op=op), providers=["CPUExecutionProvider"]
+            )
             assert [i.name for i in sess.get_inputs()] == [t[M.S_NAME] for t in entry[M.S_INPUTS]]
             assert [o.name for o in sess.get_outputs()] == [t[M.S_NAME] for t in entry[M.S_OUTPUTS]]
             checked.append(out / name)

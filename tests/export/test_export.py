@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mvgpt import kernels
 from mvgpt.exporter.package import export_package
 from mvgpt.runtime import manifest as M
+from mvgpt.runtime.sessions import session_options
 from tests.packages import assert_graphs_match_manifest
 
 
@@ -59,9 +59,10 @@ def test_manifest_describes_every_graph(package):
     assert manifest[M.K_SOURCE]["random_weights"] is True
     assert set(manifest[M.K_STAGES]) == set(M.STAGES)
     assert len(assert_graphs_match_manifest(out, manifest)) == 9
-    twin = manifest[M.K_STAGES][M.DECODER][M.S_PORTABLE_FILE]
-    assert not (out / f"{twin}.data").exists()  # it reads decoder.onnx.data
-    assert manifest[M.K_SIZES][twin] == (out / twin).stat().st_size
+    for stage in M.CUSTOM_OP_STAGES:  # each portable graph reads its main graph's data
+        portable = manifest[M.K_STAGES][stage][M.S_PORTABLE_FILE]
+        assert not (out / f"{portable}.data").exists()
+        assert manifest[M.K_SIZES][portable] == (out / portable).stat().st_size
     assert manifest[M.K_VISUAL]["num_visual_tokens"] == 2402
     assert (out / M.TOKENIZER_FILE).is_file()
     assert not list(out.parent.glob(".pkg.partial-*"))
@@ -71,9 +72,7 @@ DECODER_FILES = ["decoder.onnx", "decoder_portable.onnx"]  # mvgpt's attention o
 
 
 def _decoder_session(out, name):
-    options = ort.SessionOptions()
-    if name == "decoder.onnx":
-        kernels.register(options, spinning=True)
+    options = session_options(custom_op=M.CUSTOM_OP_ATTENTION if name == "decoder.onnx" else None)
     return ort.InferenceSession(str(out / name), options, providers=["CPUExecutionProvider"])
 
 
@@ -178,6 +177,7 @@ def test_hub_id_offline_is_one_clear_line(tmp_path):
     )
     line = _one_error_line(result)
     assert "could not be downloaded" in line
+    assert "Error: " in line.partition("got ")[2]  # the hub's own reason is in the message
 
 
 def _decoder_feeds(dec, embeds, start, keep):

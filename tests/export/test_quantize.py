@@ -12,11 +12,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from mvgpt.exporter.graphs import IR_VERSION
 from mvgpt.exporter.package import export_package
 from mvgpt.exporter.quantize import MIN_COSINE, quantize_embedding
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import ExportError
+from mvgpt.runtime.sessions import session_options
 from tests.packages import assert_graphs_match_manifest
 
 
@@ -39,7 +39,7 @@ def test_every_quantized_graph_loads_and_matches_manifest(quantized):
     precision, out, manifest = quantized
     assert manifest[M.K_PRECISION] == precision
     for path in assert_graphs_match_manifest(out, manifest):
-        assert onnx.load(str(path), load_external_data=False).ir_version == IR_VERSION
+        assert onnx.load(str(path), load_external_data=False).ir_version == M.IR_VERSION
     assert not list(out.glob("*.raw*")) and not (out / ".quantized").exists()
 
 
@@ -51,7 +51,7 @@ def test_cosine_against_fp32_in_manifest(quantized):
         print(f"{precision} {key:<22} {entry[M.Q_METHOD]:<30} cosine {cos} top-1 {top1}")
     assert stages[M.FRAME_SCORER] == {M.Q_METHOD: "fp32"}
     measured = {k: e for k, e in stages.items() if k != M.FRAME_SCORER}
-    assert set(measured) == set(M.STAGES) - {M.FRAME_SCORER} | {"video_mamba_portable"}
+    assert set(measured) == set(M.STAGES) - {M.FRAME_SCORER}
     assert all(e[M.Q_COSINE] >= MIN_COSINE for e in measured.values())
     assert 0.0 <= stages[M.DECODER][M.Q_TOP1] <= 1.0
 
@@ -74,6 +74,29 @@ def test_encoders_int8_and_package_smaller(quantized, fp32):
     total, fp32_total = sum(manifest[M.K_SIZES].values()), sum(fp32_manifest[M.K_SIZES].values())
     print(f"{precision} package {total / 1e6:.1f} MB, fp32 {fp32_total / 1e6:.1f} MB")
     assert total < 0.5 * fp32_total
+
+
+def test_portable_graphs_are_made_from_the_quantized_graphs(quantized):
+    """each portable graph reads its quantized graph's weights (no data file of its own), and
+    the portable video_mamba answers as the quantized one does"""
+    _, out, manifest = quantized
+    for stage in M.CUSTOM_OP_STAGES:
+        entry = manifest[M.K_STAGES][stage]
+        model = onnx.load(str(out / entry[M.S_PORTABLE_FILE]), load_external_data=False)
+        files = {
+            d.value for t in model.graph.initializer for d in t.external_data if d.key == "location"
+        }
+        assert files == {f"{entry[M.S_FILE]}.data"}, (stage, files)
+    entry = manifest[M.K_STAGES][M.VIDEO_MAMBA]
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 8, 224, 224), np.float32)
+    got = []
+    for name, op in ((entry[M.S_FILE], M.CUSTOM_OP_SCAN), (entry[M.S_PORTABLE_FILE], None)):
+        options = session_options(custom_op=op)
+        session = ort.InferenceSession(str(out / name), options, ["CPUExecutionProvider"])
+        got.append(session.run(None, {"pixel_values": pixels})[0])
+    diff = float(np.abs(got[0] - got[1]).max())
+    print(f"video_mamba quantized vs its portable graph: max |diff| {diff:.2e}")
+    assert diff < 1e-3 * max(1.0, float(np.abs(got[0]).max()))
 
 
 def test_int4_decoder_is_matmulnbits(quantized):

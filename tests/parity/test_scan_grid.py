@@ -20,15 +20,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from mvgpt import kernels
 from mvgpt.kernels import portable
+from mvgpt.runtime.manifest import CUSTOM_OP_SCAN
+from mvgpt.runtime.sessions import library_available, session_options
 
 torch = pytest.importorskip("torch")
 from mvgpt.models.scan import selective_scan_ref  # noqa: E402 - needs torch
 
 RTOL, ATOL = 1e-4, 2e-5
 needs_lib = pytest.mark.skipif(
-    not kernels.is_available(),
+    not library_available(),
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
 
@@ -46,9 +47,7 @@ CASES = _grid(14) + [(1, 1152, 1569, 16, True, True, True)]  # + the VideoMamba-
 
 
 def session(model: onnx.ModelProto, custom: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    if custom:
-        kernels.register(options)
+    options = session_options(custom_op=CUSTOM_OP_SCAN if custom else None)
     return ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
 
 

@@ -17,21 +17,20 @@ import pytest
 
 from mvgpt import kernels
 from mvgpt.kernels.portable import make_portable
-from mvgpt.runtime.manifest import ORT_CONTRIB_DOMAIN
+from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, ORT_CONTRIB_DOMAIN
+from mvgpt.runtime.sessions import library_available, session_options
 from tests.kernel_cases import LANES, attention_isa, cpuinfo_isas, feeds, naive_step
 from tests.kernel_cases import attention_model as model
 
 pytestmark = pytest.mark.skipif(
-    not kernels.is_available(),
+    not library_available(),
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
-CPU = cpuinfo_isas() or (kernels.cpu_isas() if kernels.is_available() else ["scalar"])
+CPU = cpuinfo_isas() or (kernels.cpu_isas() if library_available() else ["scalar"])
 
 
 def session(m, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    kernels.register(options, spinning=True)
+    options = session_options(threads, custom_op=CUSTOM_OP_ATTENTION)
     return ort.InferenceSession(m.SerializeToString(), options, ["CPUExecutionProvider"])
 
 

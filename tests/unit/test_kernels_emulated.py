@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 import pytest
 
-from mvgpt import kernels
 from mvgpt.kernels import build, portable
 from mvgpt.runtime.errors import KernelError
+from mvgpt.runtime.sessions import library_available
 from tests import kernel_cases as kc
 from tests.emulation import ARM, AVX2_CPU, HASWELL, missing_tools, run_python
 
@@ -251,18 +251,19 @@ import json, os, sys
 import numpy as np
 import onnxruntime as ort
 from mvgpt import kernels
+from mvgpt.runtime.sessions import session_options
 
 folder, report = sys.argv[1], {}
-options = ort.SessionOptions()
-options.intra_op_num_threads = 1
-kernels.register(options)
-for name in ("scan", "attention"):
+ops = {"scan": "SelectiveScan", "attention": "GroupQueryAttention"}
+for name, op in ops.items():
+    options = session_options(1, custom_op=op)
     session = ort.InferenceSession(f"{folder}/{name}.onnx", options, ["CPUExecutionProvider"])
     np.savez(f"{folder}/{name}_out.npz", *session.run(None, dict(np.load(f"{folder}/{name}.npz"))))
-report["ran"] = {op: kernels.last_isa(op) for op in ("SelectiveScan", "GroupQueryAttention")}
+report["ran"] = {op: kernels.last_isa(op) for op in ops.values()}
 report["cpu"] = kernels.cpu_isas()
 os.environ["MVGPT_SCAN_ISA"] = "avx512"
 try:
+    options = session_options(1, custom_op=ops["scan"])
     ort.InferenceSession(f"{folder}/scan.onnx", options, ["CPUExecutionProvider"])
     report["avx512"] = "no error"
 except Exception as e:
@@ -271,7 +272,7 @@ print(json.dumps(report))
 """
 
 
-@pytest.mark.skipif(not kernels.is_available(), reason="custom-op library not built")
+@pytest.mark.skipif(not library_available(), reason="custom-op library not built")
 def test_library_in_onnxruntime_under_haswell(tmp_path):
     """python, onnxruntime and the library all emulated on an AVX2 CPU without AVX-512"""
     scan_case = (1, 19, 40, 16, True, True, True)

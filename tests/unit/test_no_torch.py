@@ -1,5 +1,7 @@
 """The runtime never imports torch: a subprocess whose import system refuses torch (and the
-exporter and models packages, which need it) loads a tiny package and answers a question."""
+exporter and models packages, which need it) loads a tiny package and answers a question. Nor
+does it import the kernels package (the runtime is the bottom layer; it only finds the library
+file that package builds)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ SCRIPT = textwrap.dedent(
     assert code == 0, code
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
     assert not leaked, leaked
+    layers = sorted(m for m in sys.modules if m.startswith("mvgpt.") and m != "mvgpt.runtime"
+                    and not m.startswith("mvgpt.runtime."))
+    assert not layers, layers
     print("ok", list(answer.token_ids))
     """
 )

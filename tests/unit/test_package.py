@@ -11,6 +11,7 @@ import pytest
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import KernelError, MvgptError, PackageError
 from mvgpt.runtime.package import load_package, read_manifest
+from mvgpt.runtime.sessions import library_available
 
 
 def _copy(source: Path, dest: Path, edit=None, skip: tuple[str, ...] = ()) -> Path:
@@ -127,12 +128,68 @@ def test_portable_fallback_without_the_library(tiny_package, tmp_path, monkeypat
             load_package(no_portable)
 
 
-def test_sessions_share_one_cpu_arena():
-    """every stage's session allocates from the process-wide arena (see SHARED_ARENA)"""
-    from mvgpt.runtime.package import SHARED_ARENA, _session_options
+def _new_session_growth_mib(options) -> float:
+    """How much this process's RSS grows (MiB) while a new session first runs a graph with a
+    64 MiB intermediate, after two other sessions of ``options()`` have run it."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
 
-    options = _session_options(2)
-    assert options.get_session_config_entry(SHARED_ARENA[0]) == SHARED_ARENA[1] == "1"
+    nodes = [
+        helper.make_node("Expand", ["x", "shape"], ["big"]),  # (16M,) float32
+        helper.make_node("ReduceSum", ["big"], ["y"], keepdims=0),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+        helper.make_tensor_value_info("shape", TensorProto.INT64, [1]),
+    ]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [])
+    graph = helper.make_graph(nodes, "big_intermediate", inputs, [output])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", M.OPSET)], ir_version=M.IR_VERSION
+    ).SerializeToString()
+    feeds = {"x": np.ones(1, np.float32), "shape": np.array([16 << 20], np.int64)}
+
+    def rss_mib() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+    for _ in range(2):
+        ort.InferenceSession(model, options(), ["CPUExecutionProvider"]).run(None, feeds)
+    new = ort.InferenceSession(model, options(), ["CPUExecutionProvider"])
+    before = rss_mib()
+    new.run(None, feeds)
+    return rss_mib() - before
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads RSS from /proc")
+def test_sessions_share_one_cpu_arena():
+    """with the runtime's options a new session runs in memory the process already holds; with
+    onnxruntime's defaults it allocates its own (the control: this test can fail)"""
+    import onnxruntime as ort
+
+    from mvgpt.runtime.sessions import session_options
+
+    shared, own = (
+        _new_session_growth_mib(session_options),
+        _new_session_growth_mib(ort.SessionOptions),
+    )
+    print(
+        f"RSS growth of a new session's run: runtime's options {shared:.0f} MiB, default {own:.0f}"
+    )
+    assert own > 32 and shared < 16
+
+
+@pytest.mark.skipif(not library_available(), reason="custom-op library not built")
+def test_custom_op_stages_spin_as_their_op_wants(tiny_package):
+    """SelectiveScan's session stops onnxruntime's spinning (the op has its own threads); the
+    decoder's keeps it (its op runs on onnxruntime's pool)"""
+    from mvgpt.runtime.sessions import NO_SPINNING
+
+    sessions = load_package(tiny_package, threads=1).sessions
+    options = sessions[M.VIDEO_MAMBA].get_session_options()
+    assert options.get_session_config_entry(NO_SPINNING[0]) == NO_SPINNING[1] == "0"
+    with pytest.raises(RuntimeError):  # unset: onnxruntime's default (spinning)
+        sessions[M.DECODER].get_session_options().get_session_config_entry(NO_SPINNING[0])
 
 
 def test_full_range_int8_package_gets_a_note_only_on_cpus_that_saturate(tmp_path):

@@ -16,15 +16,17 @@ import pytest
 
 from mvgpt import kernels
 from mvgpt.kernels import build, portable
+from mvgpt.runtime import sessions
 from mvgpt.runtime.errors import KernelError
+from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
 from tests.kernel_cases import LANES, cpuinfo_isas, scan_reference
 from tests.kernel_cases import scan_max_rel as max_rel
 
 needs_lib = pytest.mark.skipif(
-    not kernels.is_available(),
+    not sessions.library_available(),
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
-CPU = cpuinfo_isas() or (kernels.cpu_isas() if kernels.is_available() else ["scalar"])
+CPU = cpuinfo_isas() or (kernels.cpu_isas() if sessions.library_available() else ["scalar"])
 
 
 def naive_scan(feeds: dict[str, np.ndarray], softplus: bool) -> np.ndarray:
@@ -58,10 +60,8 @@ def test_vectorized_reference_matches_naive_loop():
 
 
 def run(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if kernels.is_available():
-        kernels.register(options)
+    op = CUSTOM_OP_SCAN if sessions.library_available() else None
+    options = sessions.session_options(1, custom_op=op)
     session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
 
@@ -209,8 +209,8 @@ def test_rank_error_and_bad_attribute():
 
 def test_portable_graph_has_no_custom_op_and_takes_symbolic_dims():
     model = portable.scan_model("batch", 12, "length", 6, True, False, True, portable=True)
-    assert all(n.domain != portable.DOMAIN for n in model.graph.node)
-    assert all(o.domain != portable.DOMAIN for o in model.opset_import)
+    assert all(n.domain != CUSTOM_OP_DOMAIN for n in model.graph.node)
+    assert all(o.domain != CUSTOM_OP_DOMAIN for o in model.opset_import)
     assert any(n.op_type == "Scan" for n in model.graph.node)
     for batch, length in ((1, 5), (3, 17)):
         feeds = portable.random_inputs(batch, 12, length, 6, True, False, True, seed=length)
@@ -221,10 +221,10 @@ def test_portable_graph_has_no_custom_op_and_takes_symbolic_dims():
 
 
 def test_library_path_says_how_to_build(monkeypatch, tmp_path):
-    monkeypatch.setenv(kernels.LIB_ENV, str(tmp_path / "missing.so"))
-    assert not kernels.is_available()
+    monkeypatch.setenv(sessions.LIB_ENV, str(tmp_path / "missing.so"))
+    assert not sessions.library_available()
     with pytest.raises(KernelError, match="python -m mvgpt.kernels.build"):
-        kernels.library_path()
+        sessions.library_path()
 
 
 def test_debian_mirror_is_read_from_apt_sources(tmp_path):
@@ -254,13 +254,3 @@ def test_kernels_package_does_not_import_torch():
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
-@needs_lib
-def test_register_turns_off_onnxruntime_spinning():
-    """The op's own thread pool would otherwise compete with spinning intra-op workers."""
-    options = ort.SessionOptions()
-    with pytest.raises(RuntimeError):  # unset: onnxruntime's default (spinning)
-        options.get_session_config_entry(kernels.NO_SPINNING[0])
-    kernels.register(options)
-    assert options.get_session_config_entry(kernels.NO_SPINNING[0]) == "0"
