@@ -11,7 +11,6 @@ Errors name the file, the key, what was expected and what was found.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,12 +180,3 @@ def load_checkpoint(checkpoint_dir: str | Path, clip_dir: str | Path) -> Checkpo
         checkpoint_dir=checkpoint_dir,
         clip_dir=clip_dir,
     )
-
-
-def describe(ckpt: Checkpoint) -> str:
-    """A one-line summary for logs."""
-    counts = {
-        name: sum(t.numel() for t in getattr(ckpt, name).values())
-        for name in ("qwen", "video_mamba", "video_projector", "image_projector", "clip")
-    }
-    return json.dumps(counts)

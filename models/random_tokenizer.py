@@ -13,11 +13,13 @@ import json
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from mvgpt.runtime.prompt import SYSTEM_PROMPT
+
 NUM_REGULAR = 151643
 SPECIAL_TOKENS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
 
 _CORPUS = [
-    "You are a helpful assistant.",
+    SYSTEM_PROMPT,
     "What is happening in this video? Describe the video in detail.",
     "A person walks across the room and picks up a red ball from the table.",
     "The camera pans to the left while a car drives down the street at night.",

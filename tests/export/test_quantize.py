@@ -134,7 +134,7 @@ def test_int8_embedding_table_round_trip(tmp_path):
         [out],
         [onnx.numpy_helper.from_array(table, "w")],
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", M.OPSET)])
     onnx.save(model, str(tmp_path / "e.onnx"))
     quantize_embedding(tmp_path / "e.onnx", tmp_path / "q.onnx")
     sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 
 from mvgpt.kernels import portable
-from mvgpt.runtime.manifest import CUSTOM_OP_SCAN
+from mvgpt.runtime.manifest import CUSTOM_OP_SCAN, OPSET
 from mvgpt.runtime.sessions import library_available, session_options
 
 torch = pytest.importorskip("torch")
@@ -114,7 +114,7 @@ def test_torch_op_exports_to_one_node(with_z):
     axes = {"u": {0: "batch", 2: "length"}, "delta": {0: "batch", 2: "length"}}
     axes |= {k: {0: "batch", 2: "length"} for k in ("B", "C", "z")}
     torch.onnx.export(
-        mixer, args, buffer, dynamo=False, opset_version=17, input_names=names,
+        mixer, args, buffer, dynamo=False, opset_version=OPSET, input_names=names,
         output_names=["y"], dynamic_axes=axes,
     )  # fmt: skip
     model = onnx.load_from_string(buffer.getvalue())

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mvgpt.models.frame_scorer import FrameScorer, frame_scores, select_frames
+from mvgpt.runtime.manifest import OPSET
 
 T, P, D = 8, 196, 64
 
@@ -96,7 +97,7 @@ def test_exports_with_legacy_onnx_and_matches_onnxruntime():
             (_features(scale=0.3),),
             buf,
             dynamo=False,
-            opset_version=17,
+            opset_version=OPSET,
             input_names=["features"],
             output_names=["scores"],
             dynamic_axes={"features": {0: "num_chunks"}, "scores": {0: "num_chunks"}},

@@ -18,6 +18,7 @@ from mvgpt.models.projector import (
     adaptive_pool_matrix,
     pool_and_regroup,
 )
+from mvgpt.runtime.manifest import OPSET
 
 KEYS = [
     "mlp.mlp.0.weight",
@@ -138,7 +139,7 @@ def test_exports_with_legacy_onnx_and_matches_onnxruntime(kind):
             (x,),
             buf,
             dynamo=False,
-            opset_version=17,
+            opset_version=OPSET,
             input_names=["features"],
             output_names=["embeds"],
             dynamic_axes=dynamic,

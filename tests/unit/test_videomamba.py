@@ -15,6 +15,7 @@ from torch import nn
 from mvgpt.models.config import VideoMambaConfig
 from mvgpt.models.scan import selective_scan_ref
 from mvgpt.models.videomamba import BiMambaMixer, VideoMamba
+from mvgpt.runtime.manifest import OPSET
 
 TINY = VideoMambaConfig(embed_dim=32, depth=2, d_state=4, expand=2, dt_rank=2)
 REAL_LAYER_PARAMS = 2_283_840
@@ -254,7 +255,7 @@ def test_tiny_exports_with_legacy_onnx_and_matches_onnxruntime():
             (x,),
             buf,
             dynamo=False,
-            opset_version=17,
+            opset_version=OPSET,
             input_names=["pixel_values"],
             output_names=["last_hidden_state"],
             dynamic_axes={"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}},
