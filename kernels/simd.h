@@ -52,11 +52,12 @@ struct V {
 #pragma GCC target("avx2,fma")
 #endif
 namespace avx2 {
-// 2^f on [-1/2, 1/2] as 1 + f (kQ1 + f (kQ2 + ...)): exact at 0, fitted for relative error
-// (max 1.6e-7 evaluated in fp32)
-constexpr float kQ1 = 0.6931469440460205f, kQ2 = 0.24022212624549866f,
-                kQ3 = 0.055507298558950424f, kQ4 = 0.009672949090600014f,
-                kQ5 = 0.001326852128840983f;
+// 2^r on [-1/16, 1/16] as 1 + r (kR1 + r (kR2 + r kR3)): exact at 0, fitted for relative error
+// (2.5e-8); with exp2_nonpos's table of 2^(j/8), 1.3e-7 in fp32 over [-126, 0].
+constexpr float kR1 = 0.6931472420692444f, kR2 = 0.2402576208114624f, kR3 = 0.0554962158203125f;
+// The bits of 2^(j/8) (j = 0..7) as fp32, each less j << 20 (exp2_nonpos adds n << 20, n = 8k + j)
+constexpr int kExp2Table[8] = {1065353216, 1065063874, 1064843248, 1064697559,
+                               1064633587, 1064658730, 1064781053, 1065009351};
 struct V {
   static constexpr int W = 8;
   static constexpr int kRegisters = 16;
@@ -96,36 +97,31 @@ struct V {
   }
   // 2^x for K vectors x <= 0 in place, stage by stage (K independent chains interleaved for the
   // out-of-order core): the selective scan's state decay (dt >= 0 times A <= 0), and e^-|x|.
-  // k = round(x), 2^f on [-1/2, 1/2] exact at f = 0 (1 + f q(f), relative error 1.6e-7 in fp32),
-  // and k << 23 added to its exponent field as an integer: no multiply. kClamp: x below -126
-  // (NaN too) reads as -126, and x + 1.5 * 2^23 rounds it into the low mantissa bits; without it
-  // the caller guarantees -126 <= x <= 0, and round + convert is one instruction less.
+  // t = x + 1.5 * 2^20 rounds x to n / 8 (n = 8k + j in t's low mantissa bits); 2^(j/8) from a
+  // register table (vpermps reads the low 3 bits of t) with k << 23 added to its exponent field
+  // as an integer (t << 20 = n << 20; the table entries are less j << 20); then 2^r for the
+  // remainder |r| <= 1/16 by a degree-3 polynomial exact at 0: 5 FMA-pipe operations with dt * A
+  // (a degree-5 2^f on [-1/2, 1/2] needed 6) and a dependent chain 6 cycles shorter, which is what
+  // bounds the recurrence (its FP scheduler fills with waiting chains). kClamp: x below -126 (NaN
+  // too) reads as -126; without it the caller guarantees -126 <= x <= 0.
   template <int K, bool kClamp = true>
   static void exp2_nonpos(V* x) {
-    const __m256 magic = _mm256_set1_ps(12582912.0f);  // 1.5 * 2^23
-    __m256 f[K], p[K];
-    __m256i k[K];
+    const __m256 magic = _mm256_set1_ps(1572864.0f);  // 1.5 * 2^20: its ulp is 1/8
+    const __m256 table = _mm256_castsi256_ps(_mm256_loadu_si256(
+        reinterpret_cast<const __m256i*>(kExp2Table)));
+    __m256 r[K], s[K];
     for (int i = 0; i < K; ++i) {
-      if constexpr (kClamp) {
-        const __m256 xc = _mm256_max_ps(x[i].v, _mm256_set1_ps(-126.0f));
-        const __m256 t = _mm256_add_ps(xc, magic);
-        f[i] = _mm256_sub_ps(xc, _mm256_sub_ps(t, magic));
-        k[i] = _mm256_castps_si256(t);  // k in the low bits; (t << 23) = k << 23
-      } else {
-        const __m256 r = _mm256_round_ps(x[i].v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        f[i] = _mm256_sub_ps(x[i].v, r);
-        k[i] = _mm256_cvtps_epi32(r);
-      }
-    }
-    const __m256 q[5] = {_mm256_set1_ps(1.0f), _mm256_set1_ps(kQ1), _mm256_set1_ps(kQ2),
-                         _mm256_set1_ps(kQ3), _mm256_set1_ps(kQ4)};
-    for (int i = 0; i < K; ++i) p[i] = _mm256_fmadd_ps(_mm256_set1_ps(kQ5), f[i], q[4]);
-    for (int j = 3; j >= 0; --j) {
-      for (int i = 0; i < K; ++i) p[i] = _mm256_fmadd_ps(p[i], f[i], q[j]);
+      const __m256 xc = kClamp ? _mm256_max_ps(x[i].v, _mm256_set1_ps(-126.0f)) : x[i].v;
+      const __m256 t = _mm256_add_ps(xc, magic);
+      r[i] = _mm256_sub_ps(xc, _mm256_sub_ps(t, magic));
+      const __m256i n = _mm256_castps_si256(t);
+      s[i] = _mm256_castsi256_ps(_mm256_add_epi32(
+          _mm256_castps_si256(_mm256_permutevar8x32_ps(table, n)), _mm256_slli_epi32(n, 20)));
     }
     for (int i = 0; i < K; ++i) {
-      x[i].v = _mm256_castsi256_ps(
-          _mm256_add_epi32(_mm256_castps_si256(p[i]), _mm256_slli_epi32(k[i], 23)));
+      __m256 q = _mm256_fmadd_ps(r[i], _mm256_set1_ps(kR3), _mm256_set1_ps(kR2));
+      q = _mm256_fmadd_ps(q, r[i], _mm256_set1_ps(kR1));
+      x[i].v = _mm256_fmadd_ps(_mm256_mul_ps(s[i], r[i]), q, s[i]);  // 2^(n/8) (1 + r q)
     }
   }
   // lane i = the sum of v[i]'s lanes, for the 8 vectors v[0..7], by shuffles and adds (vhaddps
