@@ -86,14 +86,14 @@ def test_reused_encoding_gives_the_same_answers(pipeline, clip_mp4):
     """the first question about an Encoding prefills [system prompt, visual] and keeps it; the
     later ones start from that cache (and answer as a fresh run would)"""
     options = CASES["greedy_penalty"][0]
-    questions = (QUESTION, "Which colours are there?", QUESTION)
+    questions = (QUESTION, "Which colours are there?")
     fresh = [pipeline.answer(clip_mp4, q, max_new_tokens=8, **options) for q in questions]
     encoding = pipeline.encode(clip_mp4)
     reused = [pipeline.answer(encoding, q, max_new_tokens=8, **options) for q in questions]
     print("reused:", [a.encoding_reused for a in reused], [a.token_ids for a in reused])
     assert [a.token_ids for a in reused] == [a.token_ids for a in fresh]
     assert not any(a.encoding_reused for a in fresh)  # a new encoding every time
-    assert [a.encoding_reused for a in reused] == [False, True, True]
+    assert [a.encoding_reused for a in reused] == [False, True]
     assert all(a.seconds["clip_vision"] == 0.0 for a in reused)
 
 

@@ -11,7 +11,7 @@ import pytest
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import KernelError, MvgptError, PackageError
 from mvgpt.runtime.package import load_package, read_manifest
-from mvgpt.runtime.sessions import library_available
+from mvgpt.runtime.sessions import NO_SPINNING
 
 
 def _copy(source: Path, dest: Path, edit=None, skip: tuple[str, ...] = ()) -> Path:
@@ -34,6 +34,13 @@ def test_loads_and_checks_a_good_package(tiny_package):
         "embed_tokens", "decoder",
     }  # fmt: skip
     assert package.random_weights
+    if package.custom_ops:  # SelectiveScan stops onnxruntime's spinning (its own threads)
+        options = package.sessions[M.VIDEO_MAMBA].get_session_options()
+        assert options.get_session_config_entry(NO_SPINNING[0]) == NO_SPINNING[1] == "0"
+        with pytest.raises(RuntimeError):  # the decoder's op runs on onnxruntime's pool: default
+            package.sessions[M.DECODER].get_session_options().get_session_config_entry(
+                NO_SPINNING[0]
+            )
 
 
 def test_manifest_errors(tiny_package, tmp_path):
@@ -177,19 +184,6 @@ def test_sessions_share_one_cpu_arena():
         f"RSS growth of a new session's run: runtime's options {shared:.0f} MiB, default {own:.0f}"
     )
     assert own > 32 and shared < 16
-
-
-@pytest.mark.skipif(not library_available(), reason="custom-op library not built")
-def test_custom_op_stages_spin_as_their_op_wants(tiny_package):
-    """SelectiveScan's session stops onnxruntime's spinning (the op has its own threads); the
-    decoder's keeps it (its op runs on onnxruntime's pool)"""
-    from mvgpt.runtime.sessions import NO_SPINNING
-
-    sessions = load_package(tiny_package, threads=1).sessions
-    options = sessions[M.VIDEO_MAMBA].get_session_options()
-    assert options.get_session_config_entry(NO_SPINNING[0]) == NO_SPINNING[1] == "0"
-    with pytest.raises(RuntimeError):  # unset: onnxruntime's default (spinning)
-        sessions[M.DECODER].get_session_options().get_session_config_entry(NO_SPINNING[0])
 
 
 def test_full_range_int8_package_gets_a_note_only_on_cpus_that_saturate(tmp_path):
