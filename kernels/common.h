@@ -70,32 +70,30 @@ inline bool has_attribute(const OrtApi& api, const OrtKernelInfo* info, const ch
          ok(api.KernelInfoGetAttributeArray_float(info, name, nullptr, &floats));
 }
 
-// An int attribute of `op`'s node: `dflt` when it is absent, an error when it has another type.
-inline int64_t attr_int(const OrtApi& api, const OrtKernelInfo* info, const char* op,
-                        const char* name, int64_t dflt) {
-  int64_t v = dflt;
-  OrtStatus* st = api.KernelInfoGetAttribute_int64(info, name, &v);
+// An attribute of `op`'s node read with `get` (an OrtApi getter of type T): `dflt` when it is
+// absent, an error when it has another type (`type` says which it must be: "an int").
+template <typename T, typename Getter>
+T read_attribute(const OrtApi& api, const OrtKernelInfo* info, const char* op, const char* name,
+                 T dflt, Getter get, const char* type) {
+  T v = dflt;
+  OrtStatus* st = get(info, name, &v);
   if (st == nullptr) return v;
   api.ReleaseStatus(st);
   if (has_attribute(api, info, name)) {
-    fail(op, std::string("attribute ") + name + ": expected an int, got another type; fix: " +
-                 "write it as an int attribute");
+    fail(op, std::string("attribute ") + name + ": expected " + type +
+                 ", got another type; fix: write it as " + type + " attribute");
   }
   return dflt;
 }
 
-// A float attribute of `op`'s node: `dflt` when it is absent, an error when it has another type.
+inline int64_t attr_int(const OrtApi& api, const OrtKernelInfo* info, const char* op,
+                        const char* name, int64_t dflt) {
+  return read_attribute(api, info, op, name, dflt, api.KernelInfoGetAttribute_int64, "an int");
+}
+
 inline float attr_float(const OrtApi& api, const OrtKernelInfo* info, const char* op,
                         const char* name, float dflt) {
-  float v = dflt;
-  OrtStatus* st = api.KernelInfoGetAttribute_float(info, name, &v);
-  if (st == nullptr) return v;
-  api.ReleaseStatus(st);
-  if (has_attribute(api, info, name)) {
-    fail(op, std::string("attribute ") + name + ": expected a float, got another type; fix: " +
-                 "write it as a float attribute");
-  }
-  return dflt;
+  return read_attribute(api, info, op, name, dflt, api.KernelInfoGetAttribute_float, "a float");
 }
 
 }  // namespace mvgpt
