@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.emulation import AVX2_CPU, run_python
 
 from mvgpt.exporter.quantize import INT8_WEIGHT_RANGE, MIN_COSINE
+from tests.emulation import AVX2_CPU, run_python
 
 MATMUL_SCRIPT = r"""
 import json, sys
