@@ -135,11 +135,38 @@ def test_portable_fallback_without_the_library(tiny_package, tmp_path, monkeypat
             load_package(no_portable)
 
 
-def _new_session_growth_mib(options) -> float:
-    """How much this process's RSS grows (MiB) while a new session first runs a graph with a
-    64 MiB intermediate, after two other sessions of ``options()`` have run it."""
-    import numpy as np
-    import onnxruntime as ort
+ARENA_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np, onnxruntime as ort
+from mvgpt.runtime.sessions import session_options
+
+model = Path(sys.argv[1]).read_bytes()
+feeds = {"x": np.ones(1, np.float32), "shape": np.array([16 << 20], np.int64)}  # 64 MiB
+
+def rss_mib():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+def growth(options):
+    for _ in range(2):
+        ort.InferenceSession(model, options(), ["CPUExecutionProvider"]).run(None, feeds)
+    new = ort.InferenceSession(model, options(), ["CPUExecutionProvider"])
+    before = rss_mib()
+    new.run(None, feeds)
+    return rss_mib() - before
+
+print(growth(ort.SessionOptions), growth(session_options))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads RSS from /proc")
+def test_sessions_share_one_cpu_arena(tmp_path):
+    """A new session's first run of a graph with a 64 MiB intermediate, after two other sessions
+    ran it, in a fresh process: with onnxruntime's default options it allocates its own memory
+    (the control: this test can fail), with the runtime's it runs in memory the process holds."""
+    import subprocess
+    import sys
+
     from onnx import TensorProto, helper
 
     nodes = [
@@ -154,34 +181,17 @@ def _new_session_growth_mib(options) -> float:
     graph = helper.make_graph(nodes, "big_intermediate", inputs, [output])
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", M.OPSET)], ir_version=M.IR_VERSION
-    ).SerializeToString()
-    feeds = {"x": np.ones(1, np.float32), "shape": np.array([16 << 20], np.int64)}
-
-    def rss_mib() -> float:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
-
-    for _ in range(2):
-        ort.InferenceSession(model, options(), ["CPUExecutionProvider"]).run(None, feeds)
-    new = ort.InferenceSession(model, options(), ["CPUExecutionProvider"])
-    before = rss_mib()
-    new.run(None, feeds)
-    return rss_mib() - before
-
-
-@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="reads RSS from /proc")
-def test_sessions_share_one_cpu_arena():
-    """with the runtime's options a new session runs in memory the process already holds; with
-    onnxruntime's defaults it allocates its own (the control: this test can fail)"""
-    import onnxruntime as ort
-
-    from mvgpt.runtime.sessions import session_options
-
-    shared, own = (
-        _new_session_growth_mib(session_options),
-        _new_session_growth_mib(ort.SessionOptions),
     )
+    (tmp_path / "big.onnx").write_bytes(model.SerializeToString())
+    run = subprocess.run(
+        [sys.executable, "-c", ARENA_SCRIPT, str(tmp_path / "big.onnx")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    own, shared = map(float, run.stdout.split()[-2:])
     print(
-        f"RSS growth of a new session's run: runtime's options {shared:.0f} MiB, default {own:.0f}"
+        f"RSS growth of a new session's run: default options {own:.0f} MiB, runtime's {shared:.0f}"
     )
     assert own > 32 and shared < 16
 
