@@ -32,15 +32,37 @@ KEY_MAX_ABS = 1e-5
 LANES = {"scalar": 1, "neon": 4, "avx2": 8, "avx512": 16}  # kernels/cpu.h's, narrowest first
 
 
-def cpuinfo_isas(cpuinfo: str = "/proc/cpuinfo", machine: str | None = None) -> list[str] | None:
-    """The kernels' instruction sets this CPU has by its /proc/cpuinfo flags (read apart from the
-    library's own probe), narrowest first; None where there is no such file."""
+def _numpy_cpu_features() -> dict[str, bool] | None:
+    """numpy's own CPUID probe (its SIMD dispatch): what this process's CPU reports - under qemu's
+    user-mode emulation the emulated model's features, where /proc/cpuinfo shows the host's."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return None
+    return dict(__cpu_features__)
+
+
+def probed_isas(cpuinfo: str = "/proc/cpuinfo", machine: str | None = None) -> list[str] | None:
+    """The kernels' instruction sets this CPU has, narrowest first, probed apart from the
+    library's own probe: numpy's CPUID probe where it has the flags, else /proc/cpuinfo; None
+    where neither answers."""
+    machine = machine or platform.machine()
+    features = _numpy_cpu_features() if cpuinfo == "/proc/cpuinfo" else None
+    if features and machine in ("x86_64", "AMD64") and "AVX2" in features:
+        isas = ["scalar"]
+        if features.get("AVX2") and features.get("FMA3"):
+            isas.append("avx2")
+            if features.get("AVX512F") and features.get("AVX512DQ"):
+                isas.append("avx512")
+        return isas
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
         return None
     flags = set(re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M).group(1).split())
-    machine = machine or platform.machine()
     isas = ["scalar"]
     if machine in ("aarch64", "arm64") and "asimd" in flags:
         isas.append("neon")

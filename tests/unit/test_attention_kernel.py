@@ -4,7 +4,7 @@ com.microsoft.GroupQueryAttention; packed and separate q/k/v, batch rows at diff
 cache written in place through IOBinding or copied into a new present, query groups wider than
 one register block, several positions (handed to onnxruntime's kernel), and its errors. Each
 case checks which path ran (the library's report); asking for an instruction set this CPU lacks is
-an error, and such cases are skipped by /proc/cpuinfo."""
+an error, and such cases are skipped by numpy's CPUID probe."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from mvgpt import kernels
 from mvgpt.kernels.portable import make_portable
 from mvgpt.runtime.manifest import CUSTOM_OP_ATTENTION, ORT_CONTRIB_DOMAIN
 from mvgpt.runtime.sessions import library_available, session_options
-from tests.kernel_cases import LANES, attention_isa, cpuinfo_isas, feeds, naive_step
+from tests.kernel_cases import LANES, attention_isa, feeds, naive_step, probed_isas
 from tests.kernel_cases import attention_model as model
 
 pytestmark = pytest.mark.skipif(
     not library_available(),
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
-CPU = cpuinfo_isas() or (kernels.cpu_isas() if library_available() else ["scalar"])
+CPU = probed_isas() or (kernels.cpu_isas() if library_available() else ["scalar"])
 
 
 def session(m, threads: int = 2) -> ort.InferenceSession:
@@ -37,7 +37,7 @@ def session(m, threads: int = 2) -> ort.InferenceSession:
 def ask_for(monkeypatch, isa: str) -> None:
     """MVGPT_ATTENTION_ISA=isa, or a skip when this CPU lacks it (asking would be an error)."""
     if isa not in CPU:
-        pytest.skip(f"this CPU lacks {isa}: /proc/cpuinfo shows {', '.join(CPU)}")
+        pytest.skip(f"this CPU lacks {isa}: its probe shows {', '.join(CPU)}")
     monkeypatch.setenv("MVGPT_ATTENTION_ISA", isa)
 
 

@@ -1,7 +1,7 @@
 """The SelectiveScan op in isolation: reference vs a naive loop, each instruction-set path of the
 C++ kernel (checked by the library's report of the path that ran; one this CPU lacks is skipped by
-/proc/cpuinfo, and asking for it is an error), threads, absent optional inputs, shape errors, the
-portable graph's plumbing, and the build helpers that need no network."""
+numpy's CPUID probe, and asking for it is an error), threads, absent optional inputs, shape errors,
+the portable graph's plumbing, and the build helpers that need no network."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from mvgpt.kernels import build, portable
 from mvgpt.runtime import sessions
 from mvgpt.runtime.errors import KernelError
 from mvgpt.runtime.manifest import CUSTOM_OP_DOMAIN, CUSTOM_OP_SCAN
-from tests.kernel_cases import LANES, cpuinfo_isas, scan_reference
+from tests.kernel_cases import LANES, probed_isas, scan_reference
 from tests.kernel_cases import scan_max_rel as max_rel
 
 needs_lib = pytest.mark.skipif(
     not sessions.library_available(),
     reason="custom-op library not built: run `python -m mvgpt.kernels.build`",
 )
-CPU = cpuinfo_isas() or (kernels.cpu_isas() if sessions.library_available() else ["scalar"])
+CPU = probed_isas() or (kernels.cpu_isas() if sessions.library_available() else ["scalar"])
 
 
 def naive_scan(feeds: dict[str, np.ndarray], softplus: bool) -> np.ndarray:
@@ -88,7 +88,7 @@ def test_reference_matches_naive_loop(softplus):
 )  # fmt: skip
 def test_kernel_paths_match_naive(monkeypatch, isa, shape, with_z, with_bias, softplus):
     if isa not in CPU:  # asking would be an error (test_isa_this_cpu_lacks_is_an_error)
-        pytest.skip(f"this CPU lacks {isa}: /proc/cpuinfo shows {', '.join(CPU)}")
+        pytest.skip(f"this CPU lacks {isa}: its probe shows {', '.join(CPU)}")
     monkeypatch.setenv("MVGPT_SCAN_ISA", isa)  # read when the session creates the kernel
     feeds = portable.random_inputs(*shape, with_z, with_bias, softplus, seed=2)
     y = run(portable.scan_model(*shape, with_z, with_bias, softplus, portable=False), feeds)
@@ -108,7 +108,7 @@ def test_decay_regimes_match_naive(monkeypatch, isa, state, regime):
     no clamp, beyond it the low clamp, some A > 0 or dt < 0 the general exp2), at N = 8 and 16,
     over 11 channels (a partial block) and 300 steps (two chunks and a partial one)"""
     if isa not in CPU:
-        pytest.skip(f"this CPU lacks {isa}: /proc/cpuinfo shows {', '.join(CPU)}")
+        pytest.skip(f"this CPU lacks {isa}: its probe shows {', '.join(CPU)}")
     monkeypatch.setenv("MVGPT_SCAN_ISA", isa)
     softplus = regime != "negative_dt"
     shape = (1, 11, 300, state)
@@ -146,7 +146,7 @@ def test_default_is_the_widest_and_reported(monkeypatch):
     feeds = portable.random_inputs(1, 9, 12, 4, False, False, False)
     run(portable.scan_model(1, 9, 12, 4, False, False, False, portable=False), feeds)
     assert kernels.last_isa("SelectiveScan") == CPU[-1]
-    assert kernels.cpu_isas() == CPU  # the library's probe agrees with /proc/cpuinfo
+    assert kernels.cpu_isas() == CPU  # the library's probe agrees with numpy's
 
 
 @needs_lib
