@@ -330,3 +330,17 @@ def test_clang_library_builds_with_werror_and_runs(builds):
     print(f"clang++ library, {ran}: scan max rel {err:.2e}")
     assert ran == (kc.probed_isas() or ["scalar"])[-1]
     assert err < kc.SCAN_MAX_REL
+
+
+# ---------------------------------------------------------------- d. the kernel tests themselves
+def test_kernel_unit_tests_pass_on_an_avx2_only_cpu():
+    """The kernel tests as an AVX2-only laptop runs them: the avx2 cases pass and assert the path
+    that ran, the avx512 and neon cases are skipped saying why (never passed quietly)."""
+    tests = ["tests/unit/test_scan_kernel.py", "tests/unit/test_attention_kernel.py"]
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", *tests]
+    out = run_python(args, cpu=AVX2_CPU)
+    summary = out.strip().splitlines()[-1]
+    print(f"under {AVX2_CPU}: {summary}")
+    assert " passed" in summary and "failed" not in summary and "error" not in summary
+    assert "this CPU lacks avx512: its probe shows scalar, avx2" in out
+    assert "lacks avx2" not in out
