@@ -1,0 +1,293 @@
+"""How the mvgpt custom-op library is built, in the standard library only: setup.py loads this
+file by path during ``pip install`` / ``pip wheel`` (before mvgpt is importable, without
+onnxruntime), and ``python -m mvgpt.kernels.build`` (build.py) imports it.
+
+The library is built by CMake (``kernels/CMakeLists.txt``: the sources, ``-O3 -std=c++17 -fPIC
+-fvisibility=hidden -Wall -Wextra``, onnxruntime's headers as system headers, no libonnxruntime to
+link: ``ORT_API_MANUAL_INIT``; ``-undefined dynamic_lookup`` on macOS). ``$CXX`` picks the
+compiler (default: CMake's, g++ or clang++); CMake and Ninja come from PATH or, during a package
+build, from the ``cmake`` and ``ninja`` build requirements of pyproject.toml.
+
+No flag depends on the CPU architecture: on x86-64 each instruction set's code is compiled under
+its own target pragma and chosen at run time, and on AArch64 NEON is part of the base
+architecture, so one library runs on every CPU of its architecture.
+
+onnxruntime's headers, first found wins:
+1. ``$ORT_INCLUDE_DIR`` (a folder holding ``onnxruntime_cxx_api.h``);
+2. an installed SDK under ``/usr/include/onnxruntime`` or ``/usr/local/include/onnxruntime``;
+3. ``kernels/_headers/`` (gitignored), filled on first use from Debian 13 (trixie)'s
+   ``libonnxruntime-dev`` package: ``apt-get download`` with a private apt configuration whose
+   mirror is the Debian mirror this machine's own apt sources already use, then ``dpkg -x``.
+   Nothing is installed system-wide. The onnxruntime wheel ships no headers.
+
+``compile_command`` is the one direct compiler call kept: the tests use it for programs
+(``check/kernel_check.cc``) and for cross builds (aarch64, clang -Werror) of the same SOURCES,
+which a test checks against CMakeLists.txt.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+try:  # one error type with the runtime's when mvgpt is importable
+    from mvgpt.runtime.errors import KernelError
+except ImportError:  # loaded by setup.py before mvgpt is installed
+
+    class KernelError(RuntimeError):  # type: ignore[no-redef]
+        """The custom-op library could not be built."""
+
+
+KERNEL_DIR = Path(__file__).resolve().parent
+SOURCES = tuple(KERNEL_DIR / s for s in ("selective_scan.cc", "attention.cc", "library.cc"))
+HEADERS = tuple(
+    KERNEL_DIR / h
+    for h in (
+        "cpu.h", "common.h", "simd.h", "ops.h", "scan_kernel.h", "attention_kernel.h",
+        "selective_scan_impl.h", "attention_impl.h",
+    )
+)  # fmt: skip
+CMAKE_LISTS = KERNEL_DIR / "CMakeLists.txt"
+DEPENDS = (*SOURCES, *HEADERS, CMAKE_LISTS)  # rebuild when any is newer than the library
+LIB_NAME = "libmvgpt_ops.dylib" if sys.platform == "darwin" else "libmvgpt_ops.so"
+LIB_PATH = KERNEL_DIR / "lib" / LIB_NAME  # where the runtime looks for it (runtime.sessions)
+CXXFLAGS = ("-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra")
+HEADER_CACHE = KERNEL_DIR / "_headers"
+SDK_DIRS = (Path("/usr/include/onnxruntime"), Path("/usr/local/include/onnxruntime"))
+HEADER = "onnxruntime_lite_custom_op.h"
+DEBIAN_SUITE = "trixie"
+DEBIAN_PACKAGE = "libonnxruntime-dev"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def _has_headers(folder: Path) -> bool:
+    return (folder / HEADER).is_file() and (folder / "onnxruntime_cxx_api.h").is_file()
+
+
+def debian_mirror(
+    sources_dir: str = "/etc/apt/sources.list.d", sources_list: str = "/etc/apt/sources.list"
+) -> str:
+    """The Debian archive URI this machine's apt already uses (not the security archive)."""
+    uris: list[str] = []
+    for path in sorted(glob.glob(os.path.join(sources_dir, "*.sources"))):  # deb822 stanzas
+        for stanza in Path(path).read_text(errors="replace").split("\n\n"):
+            fields = dict(
+                (k.strip().lower(), v.strip())
+                for k, _, v in (ln.partition(":") for ln in stanza.splitlines())
+                if not k.startswith("#") and v
+            )
+            suites = fields.get("suites", "").split()
+            is_deb = "deb" in fields.get("types", "").split()
+            if is_deb and suites and not all(s.endswith("-security") for s in suites):
+                uris += fields.get("uris", "").split()
+    paths = [sources_list, *sorted(glob.glob(os.path.join(sources_dir, "*.list")))]
+    for path in paths:  # one-line format: deb [options] URI suite components...
+        if not os.path.isfile(path):
+            continue
+        for line in Path(path).read_text(errors="replace").splitlines():
+            line = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
+            if len(line) >= 3 and line[0] == "deb" and not line[2].endswith("-security"):
+                uris.append(line[1])
+    debian = [u for u in uris if re.search(r"/debian/?$", u)]
+    if not debian:
+        raise KernelError(
+            "no Debian mirror in this machine's apt sources: expected a 'deb' source whose URI "
+            f"ends in /debian in {sources_dir} or {sources_list}, got {uris or 'none'}; fix: "
+            "set ORT_INCLUDE_DIR to a folder with onnxruntime's C/C++ headers"
+        )
+    return debian[0].rstrip("/")
+
+
+def fetch_debian_headers(dest: Path = HEADER_CACHE) -> Path:
+    """Download trixie's libonnxruntime-dev with a private apt config and unpack its headers."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise KernelError(
+            "onnxruntime headers not found and apt-get/dpkg are missing: expected "
+            f"$ORT_INCLUDE_DIR or {SDK_DIRS[0]}, got neither; fix: set ORT_INCLUDE_DIR to a folder "
+            "holding onnxruntime_cxx_api.h (e.g. the include/ folder of an onnxruntime release)"
+        )
+    mirror = debian_mirror()
+    with tempfile.TemporaryDirectory(prefix="mvgpt-apt-") as tmp:
+        tmp_path = Path(tmp)
+        for sub in ("lists/partial", "cache/archives/partial"):
+            (tmp_path / sub).mkdir(parents=True)
+        signed = f"[signed-by={KEYRING}] " if os.path.isfile(KEYRING) else ""
+        sources = tmp_path / "sources.list"
+        sources.write_text(f"deb {signed}{mirror} {DEBIAN_SUITE} main\n")
+        opts = [
+            "-o", f"Dir::Etc::sourcelist={sources}",
+            "-o", "Dir::Etc::sourceparts=-",
+            "-o", f"Dir::State::Lists={tmp_path / 'lists'}",
+            "-o", f"Dir::Cache={tmp_path / 'cache'}",
+            "-o", "Debug::NoLocking=1",
+        ]  # fmt: skip
+        steps = (["apt-get", *opts, "update"], ["apt-get", *opts, "download", DEBIAN_PACKAGE])
+        for cmd in steps:
+            run = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise KernelError(
+                    f"'{' '.join(cmd[:1] + cmd[-2:])}' failed (exit {run.returncode}) while "
+                    f"fetching onnxruntime headers from {mirror} {DEBIAN_SUITE}: "
+                    f"{run.stderr.strip()[-400:]}; fix: check network access or set ORT_INCLUDE_DIR"
+                )
+        debs = sorted(tmp_path.glob(f"{DEBIAN_PACKAGE}_*.deb"))
+        if not debs:
+            raise KernelError(f"apt-get download left no {DEBIAN_PACKAGE} .deb in {tmp}")
+        unpacked = tmp_path / "x"
+        run = subprocess.run(
+            ["dpkg", "-x", str(debs[-1]), str(unpacked)], capture_output=True, text=True
+        )
+        if run.returncode != 0:
+            raise KernelError(
+                f"dpkg -x {debs[-1].name} failed (exit {run.returncode}): "
+                f"{run.stderr.strip()[-400:]}; fix: set ORT_INCLUDE_DIR to onnxruntime headers"
+            )
+        found = unpacked / "usr" / "include" / "onnxruntime"
+        if not _has_headers(found):
+            raise KernelError(f"{debs[-1].name} holds no {HEADER} under usr/include/onnxruntime")
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(found, dest)
+    return dest
+
+
+def find_headers(fetch: bool = True) -> Path:
+    """The onnxruntime include folder: ORT_INCLUDE_DIR, an installed SDK, or the local cache."""
+    env = os.environ.get("ORT_INCLUDE_DIR")
+    if env:
+        folder = Path(env)
+        for candidate in (folder, folder / "onnxruntime"):
+            if _has_headers(candidate):
+                return candidate
+        raise KernelError(
+            f"ORT_INCLUDE_DIR={env} holds no onnxruntime headers: expected {HEADER} and "
+            "onnxruntime_cxx_api.h there; fix: point it at onnxruntime's include folder or unset it"
+        )
+    for folder in (*SDK_DIRS, HEADER_CACHE):
+        if _has_headers(folder):
+            return folder
+    if not fetch:
+        raise KernelError(f"onnxruntime headers not found; fix: set ORT_INCLUDE_DIR ({HEADER})")
+    return fetch_debian_headers()
+
+
+def is_up_to_date(lib: Path = LIB_PATH) -> bool:
+    """True when the library exists and is newer than every source file and this script."""
+    if not lib.is_file():
+        return False
+    newest = max(p.stat().st_mtime for p in (*DEPENDS, Path(__file__)) if p.exists())
+    return lib.stat().st_mtime >= newest
+
+
+def target_machine(compiler: str) -> str:
+    """The target triple of ``compiler`` (``-dumpmachine``), e.g. ``aarch64-linux-gnu``."""
+    try:
+        run = subprocess.run([compiler, "-dumpmachine"], capture_output=True, text=True)
+    except OSError as e:
+        raise KernelError(
+            f"C++ compiler '{compiler}' could not run: expected g++ or clang++ (C++17), got "
+            f"{e}; fix: install one (Debian/Ubuntu: apt-get install g++) or set CXX"
+        ) from e
+    if run.returncode != 0 or not run.stdout.strip():
+        raise KernelError(
+            f"'{compiler} -dumpmachine' failed (exit {run.returncode}): expected a target triple, "
+            f"got {run.stderr.strip()[-300:]!r}; fix: set CXX to g++ or clang++"
+        )
+    return run.stdout.strip()
+
+
+def compile_command(
+    compiler: str,
+    sources: tuple[Path, ...] | list[Path],
+    output: Path,
+    include: Path | None,
+    shared: bool = True,
+    werror: bool = False,
+    target: str | None = None,
+) -> list[str]:
+    """The compiler command for ``sources``: the library (``shared``) or, with ``include=None``
+    and ``shared=False``, a program such as ``check/kernel_check.cc``. onnxruntime's headers are
+    ``-isystem`` (their warnings are not ours). ``target``: the compiler's triple when known."""
+    target = target if target is not None else target_machine(compiler)
+    cmd = [compiler, *CXXFLAGS, *(["-Werror"] if werror else [])]
+    cmd += [f"-isystem{include}"] if include is not None else []
+    if shared:
+        cmd += ["-shared"] + (["-undefined", "dynamic_lookup"] if "darwin" in target else [])
+    return [*cmd, *map(str, sources), "-o", str(output), "-pthread"]
+
+
+def find_tool(name: str) -> str | None:
+    """``cmake`` or ``ninja``: on PATH, else the binary of the Python package of that name (a
+    build requirement in pyproject.toml), else None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    folder = getattr(module, "CMAKE_BIN_DIR" if name == "cmake" else "BIN_DIR", None)
+    candidate = Path(folder) / name if folder else None
+    return str(candidate) if candidate is not None and candidate.is_file() else None
+
+
+def cmake_commands(
+    cmake: str, build_dir: Path, include: Path, werror: bool, ninja: str | None
+) -> list[list[str]]:
+    """Configure and build commands of CMakeLists.txt into ``build_dir`` (library in its
+    ``out/``)."""
+    configure = [cmake, "-S", str(KERNEL_DIR), "-B", str(build_dir)]
+    if ninja:
+        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+    configure += [
+        f"-DORT_INCLUDE_DIR={include}",
+        f"-DMVGPT_WERROR={'ON' if werror else 'OFF'}",
+        f"-DMVGPT_OUTPUT_DIR={build_dir / 'out'}",
+    ]
+    jobs = str(max(1, min(len(SOURCES), os.cpu_count() or 1)))
+    return [configure, [cmake, "--build", str(build_dir), "--parallel", jobs]]
+
+
+def build_library(output: Path = LIB_PATH, werror: bool = False, verbose: bool = False) -> Path:
+    """Build the library with CMake into ``output`` (replaced atomically); returns it. Raises
+    KernelError naming what is missing (CMake, a compiler, the headers) or the compiler's
+    errors."""
+    cmake = find_tool("cmake")
+    if cmake is None:
+        raise KernelError(
+            "CMake not found: expected cmake on PATH or the cmake Python package; fix: "
+            "pip install cmake (or apt-get install cmake)"
+        )
+    include = find_headers()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mvgpt-cmake-") as tmp:
+        build_dir = Path(tmp)
+        for cmd in cmake_commands(cmake, build_dir, include, werror, find_tool("ninja")):
+            if verbose:
+                print(" ".join(cmd), file=sys.stderr)
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                log = (run.stdout + run.stderr).strip()[-4000:]
+                no_compiler = "CMAKE_CXX_COMPILER" in log and "could be found" in log
+                raise KernelError(
+                    "no C++ compiler found by CMake: expected g++ or clang++ (C++17) on PATH or "
+                    "in $CXX; fix: install one (Debian/Ubuntu: apt-get install g++) or set CXX"
+                    if no_compiler
+                    else f"building the mvgpt kernels failed ('{' '.join(cmd[:2])}' exit "
+                    f"{run.returncode}) with headers from {include}:\n{log}\nfix: check the "
+                    "compiler (C++17 needed) and the headers (set ORT_INCLUDE_DIR)"
+                )
+        built = build_dir / "out" / LIB_NAME
+        if not built.is_file():
+            raise KernelError(f"CMake reported success but left no {built}")
+        tmp_lib = output.with_name(output.name + ".tmp")
+        shutil.copy2(built, tmp_lib)
+        os.replace(tmp_lib, output)
+    return output
