@@ -3,6 +3,9 @@
     mvgpt-run VIDEO QUESTION [--question Q ...] [--model PKG] [--json] [options]
     mvgpt-run --demo
     mvgpt-run VIDEO --interactive          (questions from stdin, one per line, until EOF)
+    mvgpt-run --stream SOURCE              (live: a camera index, an RTSP/HTTP URL or a file
+                                            played in real time; questions from stdin)
+    mvgpt-run --stream SOURCE QUESTION --every N   (ask QUESTION every N seconds)
 
 The video is encoded once and every question reuses it. Without --model, a built-in tiny package
 with random weights is used (made in the cache folder on first run). Errors are one stderr line
@@ -78,7 +81,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="a built-in video and question")
     parser.add_argument("--interactive", action="store_true", help="read questions from stdin")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    live = parser.add_argument_group("live video (--stream)")
+    live.add_argument("--stream", metavar="SOURCE", help="camera index, RTSP/HTTP URL or file")
+    live.add_argument("--every", type=float, metavar="N", help="ask QUESTION every N seconds")
+    live.add_argument("--window", type=float, metavar="S", help="seconds of video (default 16)")
+    live.add_argument(
+        "--refresh", type=float, default=2.0, metavar="S", help="prefix refresh period (2)"
+    )
+    live.add_argument(
+        "--stall-timeout", type=float, default=10.0, metavar="S", help="give up after S s (10)"
+    )
+    live.add_argument("--duration", type=float, metavar="S", help="stop after S s of stream")
     args = parser.parse_args(argv)
+    if args.stream is not None:
+        if args.demo or args.interactive or args.more:
+            parser.error("--stream takes no --demo, --interactive or --question")
+        if args.question is not None:
+            parser.error("--stream takes one QUESTION (with --every) or none (stdin)")
+        args.question, args.video = args.video, None
+        if (args.question is None) != (args.every is None):
+            parser.error("--stream: a QUESTION needs --every N, and --every needs a QUESTION")
+        for name in ("every", "window", "refresh", "stall_timeout", "duration"):
+            value = getattr(args, name)
+            if value is not None and not value > 0:
+                parser.error(f"--{name.replace('_', '-')}: expected seconds > 0, got {value}")
+        return args
     if args.demo:
         if args.video is not None:
             parser.error("--demo takes no VIDEO (it uses the built-in demo clip)")
@@ -196,6 +223,139 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         _write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _package(args: argparse.Namespace, notes: _HeldNotes) -> Path:
+    from .default_model import default_package
+
+    if args.model is not None:
+        return Path(args.model)
+    package = default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
+    notes.note(
+        f"no --model given: using {package}, a tiny model with RANDOM weights (the "
+        "answer is noise); pass --model PKG for a real one"
+    )
+    return package
+
+
+def run_stream(args: argparse.Namespace, notes: _HeldNotes) -> None:
+    """--stream: frames from SOURCE into a StreamSession, questions from stdin or --every."""
+    import queue
+    import threading
+    import time
+
+    from .pipeline import Pipeline
+    from .prompt import check_question
+    from .stream import FrameSource, StreamSession
+
+    if args.question is not None:
+        check_question(args.question)
+    options = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+    )
+    from .sampling import GenerationConfig
+
+    GenerationConfig.check_overrides(**options)
+    package = _package(args, notes)
+    pipeline = Pipeline.load(package, args.provider, args.threads)
+    if args.model is not None and pipeline.package.random_weights:
+        notes.note(f"{package} has RANDOM weights: the answer is noise")
+    session = StreamSession(pipeline, window_s=args.window, refresh_s=args.refresh)
+    try:
+        source = FrameSource(args.stream, session, args.stall_timeout, duration_s=args.duration)
+    except BaseException:
+        session.close()
+        raise
+    notes.release()
+    asked: queue.Queue[str] = queue.Queue()
+    if args.question is None:
+
+        def read_stdin() -> None:
+            for line in sys.stdin:
+                if line.strip():
+                    asked.put(line.strip())
+
+        threading.Thread(target=read_stdin, daemon=True).start()
+    source.start()
+    next_at = args.every
+    try:
+        while source.running:
+            if args.question is not None:
+                if source.stream_time() < next_at:
+                    time.sleep(0.02)
+                    continue
+                question, next_at = args.question, next_at + args.every
+            else:
+                try:
+                    question = asked.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+            waited = time.monotonic()
+            while not session.window_frames() and source.running:  # the first kept frame
+                if time.monotonic() - waited > args.stall_timeout:
+                    break
+                time.sleep(0.01)
+            if not session.window_frames():
+                break
+            check_question(question)
+            _answer_live(args, session, source, question, options)
+    finally:
+        source.stop()
+        session.close()
+    if source.status == "failed" and source.error is not None:
+        error = source.error
+        raise (
+            error
+            if isinstance(error, MvgptError)
+            else MvgptError(f"stream source {args.stream!r} failed: {error}; fix: check the source")
+        )
+    if source.status == "stalled":
+        raise MvgptError(
+            f"stream source {args.stream!r} stalled: expected frames, got none for "
+            f"{args.stall_timeout:g} s; fix: check the camera or the network (--stall-timeout)"
+        )
+    notes.note(
+        f"stream ended: {source.frames} frames ({source.frames / source.fps:.1f} s at "
+        f"{source.fps:g} fps), {session.kept} kept, {session.dropped} dropped"
+    )
+
+
+def _answer_live(args, session, source, question: str, options: dict) -> None:
+    if not args.json:
+        _write(f"Q: {question}\n")
+    live = session.answer(question, on_text=None if args.json else _write, **options)
+    first, last = live.window
+    if not args.json:
+        _write(f"\n   (video {first:.1f}-{last:.1f} s; prefix {live.prefix_age_s:.1f} s old)\n")
+        return
+    answer = live.answer
+    record = {
+        "question": question,
+        "answer": answer.text,
+        "token_ids": list(answer.token_ids),
+        "window": [round(first, 3), round(last, 3)],
+        "frame_timestamps": [round(t, 3) for t in live.frame_timestamps],
+        "frame_indices": list(answer.frame_indices),
+        "selected_frames": list(answer.selected_frames),
+        "stream_time_s": round(source.stream_time(), 3),
+        "prefix_age_s": round(live.prefix_age_s, 6),
+        "prefix_seconds": {k: round(v, 6) for k, v in live.prefix_seconds.items()},
+        "seconds": {k: round(v, 6) for k, v in answer.seconds.items()},
+        "ttft_s": round(answer.ttft_s, 6),
+        "decode_tokens_per_s": answer.decode_tokens_per_s,
+        "frames": source.frames,
+        "kept": session.kept,
+        "dropped": session.dropped,
+        "peak_rss_mb": _peak_rss_mb(),
+        "provider": args.provider,
+        "custom_ops": session.pipeline.package.custom_ops,
+    }
+    _write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.debug:  # FFmpeg and OpenCV write their own lines on a bad file: one line is ours
@@ -206,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(notes)
     logger.propagate = False
     try:
-        run(args, notes)
+        (run_stream if args.stream is not None else run)(args, notes)
     except MvgptError as e:
         if args.debug:
             raise

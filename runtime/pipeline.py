@@ -128,12 +128,10 @@ class Pipeline:
             f"{type(video).__name__}; fix: pass a path or frames"
         )
 
-    def encode(self, video: str | Path | np.ndarray) -> Encoding:
-        """Run the vision stages once; the Encoding answers any number of questions."""
-        seconds: dict[str, float] = {}
+    def preprocess(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(F, H, W, 3) uint8 RGB -> both streams' model inputs: CLIP's and VideoMamba's
+        (F, 3, size, size) float32 pixels."""
         pre = self.package.manifest[M.K_PREPROCESS]
-        t0 = time.perf_counter()
-        frames, positions = self._frames(video)
         clip_pre, mamba_pre = pre["clip"], pre["video_mamba"]
         clip_pixels = preprocess_clip(
             frames, clip_pre[M.P_SIZE], tuple(clip_pre[M.P_MEAN]), tuple(clip_pre[M.P_STD])
@@ -141,13 +139,37 @@ class Pipeline:
         mamba_pixels = preprocess_video_mamba(
             frames, mamba_pre[M.P_SIZE], tuple(mamba_pre[M.P_MEAN]), tuple(mamba_pre[M.P_STD])
         )
+        return clip_pixels, mamba_pixels
+
+    def clip_features(self, clip_pixels: np.ndarray) -> np.ndarray:
+        """clip_vision: (F, 3, S, S) CLIP pixels -> (F, P, C) patch features."""
+        return self._run(M.CLIP_VISION, "image_features", {"pixel_values": clip_pixels})
+
+    def encode(self, video: str | Path | np.ndarray) -> Encoding:
+        """Run the vision stages once; the Encoding answers any number of questions."""
+        seconds: dict[str, float] = {}
+        t0 = time.perf_counter()
+        frames, positions = self._frames(video)
+        clip_pixels, mamba_pixels = self.preprocess(frames)
         t1 = time.perf_counter()
         seconds["decode_video"] = t1 - t0
+        features = self.clip_features(clip_pixels)
+        seconds["clip_vision"] = time.perf_counter() - t1
+        return self.encode_features(features, mamba_pixels, positions, seconds)
 
-        features = self._run(M.CLIP_VISION, "image_features", {"pixel_values": clip_pixels})
+    def encode_features(
+        self,
+        features: np.ndarray,
+        mamba_pixels: np.ndarray,
+        positions: list[int] | tuple[int, ...],
+        seconds: dict[str, float] | None = None,
+    ) -> Encoding:
+        """The vision stages after clip_vision: frame_scorer -> top-k frames per chunk ->
+        video_mamba -> projectors, on the sampled frames' CLIP features (F, P, C) and VideoMamba
+        pixels (F, 3, S, S); ``positions``: their source frame indices. A live stream
+        (stream.py) computes the features one frame at a time, as frames arrive."""
+        seconds = dict(seconds or {})
         t2 = time.perf_counter()
-        seconds["clip_vision"] = t2 - t1  # features: (F, P, C)
-
         chunk = int(self.sampling["chunk_size"])
         keep = int(self.sampling["num_select_k_frames_in_chunk"])
         num_frames, patches, dim = features.shape
@@ -260,13 +282,39 @@ class Pipeline:
         given = isinstance(video, Encoding)
         encoding = video if given else self.encode(video)
         seconds = {k: 0.0 if given else encoding.seconds.get(k, 0.0) for k in ENCODE_STAGES}
+        prefix_ids, _ = split_visual(ids)
+        return self.generate(
+            ids,
+            gen,
+            encoding,
+            lambda cache: self.prefill_shared(encoding, prefix_ids, cache),
+            start=start,
+            seconds=seconds,
+            on_text=on_text,
+        )
 
+    def generate(
+        self,
+        ids: np.ndarray,
+        gen: GenerationConfig,
+        encoding: Encoding,
+        fill_prefix: Callable[[KVCache], bool],
+        *,
+        start: float,
+        seconds: dict[str, float],
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """The language half of an answer to prompt ``ids`` about ``encoding``:
+        ``fill_prefix(cache)`` puts [prompt prefix, visual] into the empty KV cache (True when it
+        came from an earlier prefill), then the question's own tokens are prefilled and the
+        decode loop runs. ``start``: perf_counter() when the question came (for ttft_s)."""
+        seconds = dict(seconds)
         t0 = time.perf_counter()
         prefix_ids, suffix_ids = split_visual(ids)
         prompt_length = len(prefix_ids) + self.num_visual_tokens + len(suffix_ids)
         limit = self.token_limit(prompt_length, gen.max_new_tokens)
         cache = self.decoder.new_cache(prompt_length + limit)
-        reused = self.prefill_shared(encoding, prefix_ids, cache)
+        reused = fill_prefix(cache)
         logits = self.decoder.prefill(self._embed(suffix_ids), cache)
         t1 = time.perf_counter()
         seconds["prefill"] = t1 - t0
