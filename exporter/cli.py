@@ -1,7 +1,7 @@
 """``mvgpt-export``: official checkpoint (or a random one) -> validated ONNX model package.
 
     mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision {fp32,int8,int4,int4-b128}]
-    mvgpt-export --random {tiny,0.5b} --out PKG
+    mvgpt-export --random {tiny,0.5b,1.5b} --out PKG
 
 A hub id instead of a folder is downloaded with huggingface_hub when online. Errors are one
 stderr line and exit 1 (``--debug`` shows the traceback); usage errors exit 2.
@@ -41,11 +41,12 @@ def resolve_folder(name: str, what: str) -> Path:
 
 def parse_args(argv):
     from mvgpt.exporter.package import MIN_COSINE, PRECISIONS
+    from mvgpt.models.random_checkpoint import SIZES
 
     parser = argparse.ArgumentParser(prog="mvgpt-export", description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="Mobile-VideoGPT folder or hub id")
-    src.add_argument("--random", choices=("tiny", "0.5b"), help="export a random checkpoint")
+    src.add_argument("--random", choices=SIZES, help="export a random checkpoint")
     parser.add_argument("--clip", help=f"CLIP folder or hub id (default {CLIP_HUB_ID})")
     parser.add_argument("--out", required=True, help="package folder to write")
     parser.add_argument(

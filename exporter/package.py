@@ -64,8 +64,32 @@ def fingerprint(checkpoint_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_output(out: Path) -> Path:
-    """Check the destination is usable; return a fresh hidden staging folder beside it."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Hidden folders beside ``out`` that earlier exports into it left behind: staging folders
+    (``.NAME.partial-PID-*``) and replaced packages (``.NAME.old-PID``) whose process is gone
+    (killed, e.g. by the out-of-memory killer). A folder of a running export is not listed."""
+    found = []
+    for kind in ("partial", "old"):
+        for path in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = path.name[len(f".{out.name}.{kind}-") :].split("-", 1)[0]
+            if path.is_dir() and not (pid.isdigit() and _pid_alive(int(pid))):
+                found.append(path)
+    return found
+
+
+def prepare_output(out: Path, progress: Progress = _quiet) -> Path:
+    """Check the destination is usable and remove what killed exports into it left; return a
+    fresh hidden staging folder beside it (named with this process's id)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder (expected a new or package folder)")
     if out.is_dir() and any(out.iterdir()) and not (out / M.MANIFEST_FILE).is_file():
@@ -73,9 +97,15 @@ def prepare_output(out: Path) -> Path:
             f"{out}: folder is not empty and holds no {M.MANIFEST_FILE}; refusing to overwrite "
             "(choose a new folder or an earlier mvgpt package)"
         )
+    if out.parent.is_dir():
+        for path in leftovers(out):
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            shutil.rmtree(path, ignore_errors=True)
+            progress(f"removed {path} ({size / 1e9:.2f} GB), left by an export that did not finish")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        prefix = f".{out.name}.partial-{os.getpid()}-"
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     except OSError as e:
         raise ExportError(f"{out.parent}: cannot write the package there ({e.strerror})") from e
 
@@ -212,7 +242,7 @@ def export_package(
         raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     checkpoint_dir, clip_dir, out = Path(checkpoint_dir), Path(clip_dir), Path(out)
     check_folders(checkpoint_dir, clip_dir)  # fail before any heavy work
-    staging = prepare_output(out)
+    staging = prepare_output(out, progress)
     try:
         checks = _export_into(
             checkpoint_dir,

@@ -1,11 +1,15 @@
 """Write a random checkpoint in the official Mobile-VideoGPT layout, plus a CLIP folder in the
 layout of openai/clip-vit-base-patch16. Tests and demos use it: no weights can be downloaded here.
 
-    python -m mvgpt.models.random_checkpoint --size {tiny,0.5b} --out DIR [--seed N]
+    python -m mvgpt.models.random_checkpoint --size {tiny,0.5b,1.5b} --out DIR [--seed N]
+        [--layers N]
 
 writes DIR/checkpoint/ (config.json, model.safetensors or shards + index, tokenizer.json,
 generation_config.json) and DIR/clip/ (config.json, model.safetensors, preprocessor_config.json).
 The LLM and projectors are stored in fp16 and VideoMamba in fp32, as in the published files.
+``1.5b`` has Mobile-VideoGPT-1.5B's shapes (Qwen2.5-1.5B-Instruct: hidden 1536, 28 layers, 12
+heads, 2 KV heads, intermediate 8960; projectors to 1536); ``--layers`` keeps the shapes of every
+matrix and cuts the decoder to N layers (tests at real width in little time and memory).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +35,14 @@ from mvgpt.models.config import (
 )
 from mvgpt.models.random_tokenizer import build_tokenizer
 
-SIZES = ("tiny", "0.5b")
+SIZES = ("tiny", "0.5b", "1.5b")
+QWEN_15B = QwenConfig(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+)
 W_SINGLE = "model.safetensors"
 GENERATION_CONFIG = {  # Qwen2.5-Instruct's generation_config.json values
     "bos_token_id": 151643,
@@ -45,10 +56,23 @@ GENERATION_CONFIG = {  # Qwen2.5-Instruct's generation_config.json values
 }
 
 
-def size_config(size: str) -> MobileVideoGPTConfig:
-    """The model shapes for a named size: ``tiny`` for fast tests, ``0.5b`` the real ones."""
+def size_config(size: str, layers: int | None = None) -> MobileVideoGPTConfig:
+    """The model shapes for a named size: ``tiny`` for fast tests, ``0.5b`` and ``1.5b`` the real
+    ones; ``layers`` overrides the decoder's number of layers."""
+    cfg = _size_config(size)
+    if layers is None:
+        return cfg
+    if layers < 1:
+        raise ValueError(f"layers: expected at least 1, got {layers}")
+    return replace(cfg, qwen=replace(cfg.qwen, num_hidden_layers=layers))
+
+
+def _size_config(size: str) -> MobileVideoGPTConfig:
     if size == "0.5b":
         return MobileVideoGPTConfig()
+    if size == "1.5b":
+        hidden = QWEN_15B.hidden_size
+        return MobileVideoGPTConfig(qwen=QWEN_15B, projector=ProjectorConfig(hidden_size=hidden))
     if size != "tiny":
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
     qwen = QwenConfig(
@@ -117,8 +141,8 @@ def _checkpoint_config(cfg: MobileVideoGPTConfig, size: str) -> dict:
         "use_mm_proj": True,
         "mvgpt_random_weights": True,
     }
-    if size != "0.5b":  # VideoMamba-M's sizes are code constants; only smaller ones are stored
-        data[VIDEO_MAMBA_CONFIG_KEY] = asdict(cfg.video_mamba)
+    if cfg.video_mamba != VideoMambaConfig():  # VideoMamba-M's sizes are code constants; only
+        data[VIDEO_MAMBA_CONFIG_KEY] = asdict(cfg.video_mamba)  # smaller ones are stored
     return data
 
 
@@ -160,10 +184,11 @@ def _clip_text_stub(gen, vision_hidden: int) -> dict[str, torch.Tensor]:
 
 
 def write_random_checkpoint(
-    out: str | Path, size: str = "tiny", seed: int = 0
+    out: str | Path, size: str = "tiny", seed: int = 0, layers: int | None = None
 ) -> tuple[Path, Path]:
-    """Write both folders under ``out``; return (checkpoint_dir, clip_dir)."""
-    cfg = size_config(size)
+    """Write both folders under ``out``; return (checkpoint_dir, clip_dir). ``layers``: the
+    decoder's number of layers (default: the size's)."""
+    cfg = size_config(size, layers)
     out = Path(out)
     ckpt_dir, clip_dir = out / "checkpoint", out / "clip"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -220,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=SIZES, default="tiny")
     parser.add_argument("--out", required=True, help="folder to write checkpoint/ and clip/ into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the size's)")
     args = parser.parse_args(argv)
-    ckpt, clip = write_random_checkpoint(args.out, args.size, args.seed)
+    if args.layers is not None and args.layers < 1:
+        parser.error(f"--layers: expected at least 1, got {args.layers}")
+    ckpt, clip = write_random_checkpoint(args.out, args.size, args.seed, args.layers)
     sys.stdout.write(f"wrote random {args.size} checkpoint: {ckpt} and CLIP folder: {clip}\n")
     return 0
 

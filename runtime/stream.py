@@ -19,8 +19,9 @@ integer, the kept frames are also exactly those ``Pipeline.answer`` samples from
 The decoder's question-independent prefix (system prompt + the window's 2402 visual tokens) is
 refreshed in the background every ``refresh_s`` seconds (at the earliest when the previous
 refresh is done), so that a question pays only for its own tokens and its answer. Work runs in
-small steps (one kept frame, one vision stage, one prefill chunk) under one lock that questions
-take first: a question waits at most for the step in progress. Every ``StreamAnswer`` says which
+small steps: the decoder's prefill in chunks of PREFILL_STEP positions under one lock that
+questions take first (a question waits at most for the chunk in progress), the vision stages
+beside a question (they share the cores with it for a moment). Every ``StreamAnswer`` says which
 window it is about (first and last timestamp of its sampled frames) and how old its prefix was.
 
 ``background=False`` runs everything in the caller's thread: ``push`` encodes kept frames at once
@@ -217,9 +218,10 @@ class StreamSession:
 
     def _encode_frame(self, index: int, timestamp: float, frame: np.ndarray) -> None:
         """clip_vision on one kept frame; it joins the window, frames older than it leave."""
-        with self._compute.step():
-            clip_pixels, mamba_pixels = self.pipeline.preprocess(frame[None])
-            features = self.pipeline.clip_features(clip_pixels)
+        # vision runs beside a question (onnxruntime sessions take concurrent runs): a question
+        # shares the cores for a moment instead of waiting for a whole vision stage
+        clip_pixels, mamba_pixels = self.pipeline.preprocess(frame[None])
+        features = self.pipeline.clip_features(clip_pixels)
         kept = KeptFrame(index, timestamp, features[0], mamba_pixels[0])
         with self._state:
             self._window.append(kept)
@@ -246,10 +248,7 @@ class StreamSession:
         sampled = self._sampled(window)
         features = np.stack([f.features for f in sampled])
         pixels = np.stack([f.mamba_pixels for f in sampled])
-        with self._compute.step():
-            encoding = self.pipeline.encode_features(
-                features, pixels, [f.index for f in sampled], {}
-            )
+        encoding = self.pipeline.encode_features(features, pixels, [f.index for f in sampled], {})
         pipeline = self.pipeline
         embeds = np.concatenate(
             [pipeline._embed(self._prefix_ids), encoding.visual[None]], axis=1
@@ -259,6 +258,7 @@ class StreamSession:
         for start in range(0, embeds.shape[1], PREFILL_STEP):
             with self._compute.step():
                 pipeline.decoder.run(embeds[:, start : start + PREFILL_STEP], cache)
+            self._encode_pending()  # frames that arrived meanwhile do not wait for the refresh
         seconds = dict(encoding.seconds)
         seconds["prefix_prefill"] = time.perf_counter() - t0
         keys, values = cache.snapshot()
@@ -296,14 +296,9 @@ class StreamSession:
                 self._wake.clear()
                 if self._closed:
                     return
-                while True:
-                    with self._state:
-                        job = self._pending.popleft() if self._pending else None
-                    if job is None:
-                        break
-                    self._encode_frame(*job)
-                    if self._closed:
-                        return
+                self._encode_pending()
+                if self._closed:
+                    return
                 now = time.perf_counter()
                 if self._stale() and now - self._last_refresh_start >= self.refresh_s:
                     self._last_refresh_start = now
@@ -311,6 +306,17 @@ class StreamSession:
                     self.refresh_seconds.append(time.perf_counter() - now)
         except BaseException as e:  # surfaced to the caller's next push/answer
             self._error = e
+
+    def _encode_pending(self) -> None:
+        """clip_vision on the kept frames waiting for it (background thread only)."""
+        if not self.background or threading.current_thread() is not self._worker:
+            return
+        while not self._closed:
+            with self._state:
+                job = self._pending.popleft() if self._pending else None
+            if job is None:
+                return
+            self._encode_frame(*job)
 
     def _raise_worker_error(self) -> None:
         if self._error is not None:
@@ -337,6 +343,27 @@ class StreamSession:
             self._wake.set()
             time.sleep(0.01)
         return False
+
+    def _first_prefix(self, timeout: float = 300.0) -> _Prefix | None:
+        """The background's first prefix, once it exists (None when no frame was kept)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._raise_worker_error()
+            with self._state:
+                prefix, nothing = self._prefix, not self._window and not self._pending
+            if prefix is not None or nothing:
+                return prefix
+            self._wake.set()
+            time.sleep(0.01)
+        raise MvgptError(f"stream: no prefix after {timeout:g} s; fix: check the frames pushed")
+
+    def _drain(self, timeout: float = 300.0) -> None:
+        """Until every kept frame pushed so far has been through clip_vision (background)."""
+        deadline = time.monotonic() + timeout
+        while self.pending() and time.monotonic() < deadline:
+            self._raise_worker_error()
+            self._wake.set()
+            time.sleep(0.01)
 
     def close(self) -> None:
         self._closed = True
@@ -369,15 +396,15 @@ class StreamSession:
         gen = pipeline.generation_config(**generation)
         with self._state:
             prefix = self._prefix
-        if prefix is None or fresh or not self.background:
-            if self.background:
-                self.wait_idle()
+        if self.background and prefix is None and not fresh:
+            prefix = self._first_prefix()
+        elif fresh or not self.background:
+            if self.background:  # the frames kept so far, encoded
+                self._drain()
             if prefix is None or self._stale():
                 prefix = self._refresh()
-            if prefix is None:
-                raise MvgptError(
-                    "stream: no frame has been kept yet; fix: push frames before asking"
-                )
+        if prefix is None:
+            raise MvgptError("stream: no frame has been kept yet; fix: push frames before asking")
 
         def fill(cache: KVCache) -> bool:
             cache.load(prefix.keys, prefix.values)

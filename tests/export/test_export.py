@@ -256,3 +256,27 @@ def test_decoder_writes_a_shared_cache_buffer_in_place(package, name):
     print(f"shared buffer vs full pass: logits max |diff| {logit_diff:.2e}, cache {cache_diff:.2e}")
     assert logit_diff < 1e-4 and cache_diff < 1e-5
     assert np.all(buffers[:, :, :, :, total:] == 7.0)
+
+
+def test_leftovers_of_killed_exports_are_removed_and_named(tmp_path):
+    """A killed export leaves its hidden staging folder; the next export into the same place
+    removes it (and says so) but never the folder of an export still running."""
+    from mvgpt.exporter.package import prepare_output
+
+    out = tmp_path / "pkg"
+    dead = tmp_path / ".pkg.partial-999999999-abc"  # no such process
+    unnamed = tmp_path / ".pkg.partial-x1y2z3"  # made before staging folders carried a pid
+    old = tmp_path / ".pkg.old-999999999"
+    live = tmp_path / f".pkg.partial-{os.getpid()}-live"
+    other = tmp_path / ".other.partial-999999999-abc"  # another package's: not ours to touch
+    for folder in (dead, unnamed, old, live, other):
+        folder.mkdir()
+        (folder / "decoder.onnx.data").write_bytes(b"\0" * 1000)
+    said: list[str] = []
+    staging = prepare_output(out, said.append)
+    print(said)
+    assert not dead.exists() and not unnamed.exists() and not old.exists()
+    assert live.exists() and other.exists()
+    assert staging.name.startswith(f".pkg.partial-{os.getpid()}-")
+    assert len(said) == 3 and all("did not finish" in line for line in said)
+    assert any(str(dead) in line for line in said)
