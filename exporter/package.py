@@ -273,6 +273,9 @@ def _export_into(
     progress("loading checkpoint")
     ckpt = load_checkpoint(checkpoint_dir, clip_dir)
     model = MobileVideoGPT.from_checkpoint(ckpt)
+    generation_config = ckpt.generation_config
+    del ckpt  # the model holds its own copy of every weight: the loaded tensors can go now
+    gc.collect()
     register_onnx_symbolic(M.OPSET)
     for block in model.video_mamba.layers:
         block.mixer.scan = ScanOp(delta_softplus=True)
@@ -304,9 +307,9 @@ def _export_into(
     }
     tokens = special_token_ids(checkpoint_dir / M.TOKENIZER_FILE)
     manifest = build_manifest(
-        model, specs, files, source, ckpt.generation_config, tokens, precision=precision
+        model, specs, files, source, generation_config, tokens, precision=precision
     )
-    del model, specs, ckpt  # the torch weights are not needed to quantize: free them first
+    del model, specs  # the torch weights are not needed to quantize: free them first
     gc.collect()
     if precision != "fp32":
         quant_checks = quantize_package(staging, files, precision, progress, min_cosine)
