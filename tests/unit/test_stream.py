@@ -199,3 +199,21 @@ def test_cli_stream_errors_are_one_line(tiny_package, args, code, message):
     assert "Traceback" not in run.stderr
     if code == 1:
         assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_cli_stream_reads_questions_from_stdin(tiny_package, tmp_path):
+    video = make_video(tmp_path / "live.mp4", seconds=4, fps=15)
+    script = Path(sys.executable).with_name("mvgpt-run")
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "mvgpt.runtime.cli"]
+    run = subprocess.run(
+        [*cmd, "--stream", str(video), "--model", str(tiny_package), "--max-new-tokens", "3"],
+        input=f"{QUESTION}\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    print(run.stdout, run.stderr)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"Q: {QUESTION}\n")
+    assert "(video 0.0-" in run.stdout and "s old)" in run.stdout
+    assert "stream ended: 60 frames" in run.stderr
