@@ -15,18 +15,13 @@ import sys
 from pathlib import Path
 
 from mvgpt.kernels.native_build import (  # noqa: F401  (re-exported for the tests and tools)
-    CXXFLAGS,
-    DEPENDS,
-    HEADERS,
     KERNEL_DIR,
     SOURCES,
     build_library,
     compile_command,
     debian_mirror,
-    fetch_debian_headers,
     find_headers,
     is_up_to_date,
-    target_machine,
 )
 from mvgpt.runtime.errors import KernelError
 from mvgpt.runtime.sessions import built_library_path

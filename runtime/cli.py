@@ -150,10 +150,9 @@ def _write(text: str) -> None:
 
 
 def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
-    from .default_model import DEMO_MAX_NEW_TOKENS, DEMO_QUESTION, default_package, demo_video
-    from .pipeline import ENCODE_STAGES, Pipeline
+    from .default_model import DEMO_MAX_NEW_TOKENS, DEMO_QUESTION, demo_video
+    from .pipeline import ENCODE_STAGES
     from .prompt import check_question
-    from .sampling import GenerationConfig
 
     questions = [q for q in [args.question] if q is not None] + list(args.more)
     video = args.video
@@ -164,29 +163,11 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
             args.max_new_tokens = DEMO_MAX_NEW_TOKENS  # a short answer for the demo
     for question in questions:  # checked before any heavy work
         check_question(question)
-    options = dict(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-        repetition_penalty=args.repetition_penalty,
-    )
-    GenerationConfig.check_overrides(**options)
+    options = _generation_options(args)
     from .video import check_file  # here: the OpenCV log levels are set first (main)
 
     check_file(video)  # fail fast, before loading or making a model
-    if args.model is None:
-        package = default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
-        notes.note(
-            f"no --model given: using {package}, a tiny model with RANDOM weights (the "
-            "answer is noise); pass --model PKG for a real one"
-        )
-    else:
-        package = Path(args.model)
-    pipeline = Pipeline.load(package, args.provider, args.threads)
-    if args.model is not None and pipeline.package.random_weights:
-        notes.note(f"{package} has RANDOM weights: the answer is noise")
+    pipeline = _load_pipeline(args, notes)
     encoding = pipeline.encode(video)
     notes.release()
 
@@ -223,31 +204,10 @@ def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
         _write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _package(args: argparse.Namespace, notes: _HeldNotes) -> Path:
-    from .default_model import default_package
+def _generation_options(args: argparse.Namespace) -> dict:
+    """The generation flags as ``Pipeline.answer`` options, checked before any heavy work."""
+    from .sampling import GenerationConfig
 
-    if args.model is not None:
-        return Path(args.model)
-    package = default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
-    notes.note(
-        f"no --model given: using {package}, a tiny model with RANDOM weights (the "
-        "answer is noise); pass --model PKG for a real one"
-    )
-    return package
-
-
-def run_stream(args: argparse.Namespace, notes: _HeldNotes) -> None:
-    """--stream: frames from SOURCE into a StreamSession, questions from stdin or --every."""
-    import queue
-    import threading
-    import time
-
-    from .pipeline import Pipeline
-    from .prompt import check_question
-    from .stream import FrameSource, StreamSession
-
-    if args.question is not None:
-        check_question(args.question)
     options = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -256,13 +216,42 @@ def run_stream(args: argparse.Namespace, notes: _HeldNotes) -> None:
         seed=args.seed,
         repetition_penalty=args.repetition_penalty,
     )
-    from .sampling import GenerationConfig
-
     GenerationConfig.check_overrides(**options)
-    package = _package(args, notes)
+    return options
+
+
+def _load_pipeline(args: argparse.Namespace, notes: _HeldNotes):
+    """--model's package (default: the built-in one), loaded; notes say when weights are random."""
+    from .default_model import default_package
+    from .pipeline import Pipeline
+
+    if args.model is None:
+        package = default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
+        notes.note(
+            f"no --model given: using {package}, a tiny model with RANDOM weights (the "
+            "answer is noise); pass --model PKG for a real one"
+        )
+    else:
+        package = Path(args.model)
     pipeline = Pipeline.load(package, args.provider, args.threads)
     if args.model is not None and pipeline.package.random_weights:
         notes.note(f"{package} has RANDOM weights: the answer is noise")
+    return pipeline
+
+
+def run_stream(args: argparse.Namespace, notes: _HeldNotes) -> None:
+    """--stream: frames from SOURCE into a StreamSession, questions from stdin or --every."""
+    import queue
+    import threading
+    import time
+
+    from .prompt import check_question
+    from .stream import FrameSource, StreamSession
+
+    if args.question is not None:
+        check_question(args.question)
+    options = _generation_options(args)
+    pipeline = _load_pipeline(args, notes)
     session = StreamSession(pipeline, window_s=args.window, refresh_s=args.refresh)
     try:
         source = FrameSource(args.stream, session, args.stall_timeout, duration_s=args.duration)

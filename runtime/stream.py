@@ -333,37 +333,38 @@ class StreamSession:
         with self._state:
             return len(self._pending)
 
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Until every kept frame is encoded and the prefix covers the window (background)."""
+    def _wait_for(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Poll ``done`` (waking the worker) until it holds or ``timeout`` seconds pass; a worker
+        error is raised here."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             self._raise_worker_error()
-            if not self.pending() and not self._stale():
+            if done():
                 return True
+            if time.monotonic() >= deadline:
+                return False
             self._wake.set()
             time.sleep(0.01)
-        return False
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Until every kept frame is encoded and the prefix covers the window (background)."""
+        return self._wait_for(lambda: not self.pending() and not self._stale(), timeout)
 
     def _first_prefix(self, timeout: float = 300.0) -> _Prefix | None:
         """The background's first prefix, once it exists (None when no frame was kept)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._raise_worker_error()
+
+        def ready() -> bool:
             with self._state:
-                prefix, nothing = self._prefix, not self._window and not self._pending
-            if prefix is not None or nothing:
-                return prefix
-            self._wake.set()
-            time.sleep(0.01)
-        raise MvgptError(f"stream: no prefix after {timeout:g} s; fix: check the frames pushed")
+                return self._prefix is not None or (not self._window and not self._pending)
+
+        if not self._wait_for(ready, timeout):
+            raise MvgptError(f"stream: no prefix after {timeout:g} s; fix: check the frames pushed")
+        with self._state:
+            return self._prefix
 
     def _drain(self, timeout: float = 300.0) -> None:
         """Until every kept frame pushed so far has been through clip_vision (background)."""
-        deadline = time.monotonic() + timeout
-        while self.pending() and time.monotonic() < deadline:
-            self._raise_worker_error()
-            self._wake.set()
-            time.sleep(0.01)
+        self._wait_for(lambda: not self.pending(), timeout)
 
     def close(self) -> None:
         self._closed = True

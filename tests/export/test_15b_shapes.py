@@ -32,6 +32,7 @@ def test_15b_shaped_decoder_matches_transformers(checkpoint_15b, tmp_path):
     from mvgpt.models.checkpoint import load_checkpoint
     from mvgpt.models.mobile_videogpt import MobileVideoGPT
     from mvgpt.runtime import Pipeline
+    from tests.parity.test_qwen2_parity import hf_twin
 
     out = tmp_path / "pkg15b"
     for check in export_package(*checkpoint_15b, out):
@@ -43,25 +44,7 @@ def test_15b_shaped_decoder_matches_transformers(checkpoint_15b, tmp_path):
     checkpoint = load_checkpoint(*checkpoint_15b)
     decoder = MobileVideoGPT.from_checkpoint(checkpoint).decoder
     qwen = decoder.cfg
-    hf_cfg = transformers.Qwen2Config(
-        hidden_size=qwen.hidden_size,
-        intermediate_size=qwen.intermediate_size,
-        num_hidden_layers=qwen.num_hidden_layers,
-        num_attention_heads=qwen.num_attention_heads,
-        num_key_value_heads=qwen.num_key_value_heads,
-        vocab_size=qwen.vocab_size,
-        rope_theta=qwen.rope_theta,
-        rms_norm_eps=qwen.rms_norm_eps,
-        max_position_embeddings=qwen.max_position_embeddings,
-        tie_word_embeddings=True,
-        use_sliding_window=False,
-        attn_implementation="eager",
-    )
-    hf = transformers.Qwen2ForCausalLM(hf_cfg).eval()
-    missing, unexpected = hf.load_state_dict(
-        {"model." + k: v for k, v in decoder.state_dict().items()}, strict=False
-    )
-    assert set(missing) <= {"lm_head.weight"} and not unexpected, (missing, unexpected)
+    hf = hf_twin(decoder)
     del checkpoint, decoder
 
     rng = np.random.default_rng(0)

@@ -30,13 +30,9 @@ CFG = QwenConfig(
 )
 
 
-def build_pair(cfg: QwenConfig = CFG):
-    """Our decoder with random weights, and transformers' model holding the same weights."""
-    torch.manual_seed(0)
-    ours = Qwen2Decoder(cfg).eval()
-    with torch.no_grad():
-        for p in ours.parameters():  # random norms and biases too, not just the default ones/zeros
-            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
+def hf_twin(ours: Qwen2Decoder):
+    """transformers' Qwen2ForCausalLM (eager attention) holding the weights of ``ours``."""
+    cfg = ours.cfg
     hf_cfg = transformers.Qwen2Config(
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -58,7 +54,17 @@ def build_pair(cfg: QwenConfig = CFG):
     assert set(missing) <= {"lm_head.weight"}, missing  # tied to model.embed_tokens.weight
     assert not unexpected, unexpected
     assert torch.equal(hf.lm_head.weight, ours.embed_tokens.weight)
-    return ours, hf
+    return hf
+
+
+def build_pair(cfg: QwenConfig = CFG):
+    """Our decoder with random weights, and transformers' model holding the same weights."""
+    torch.manual_seed(0)
+    ours = Qwen2Decoder(cfg).eval()
+    with torch.no_grad():
+        for p in ours.parameters():  # random norms and biases too, not just the default ones/zeros
+            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5)
+    return ours, hf_twin(ours)
 
 
 def hf_step(hf, embeds, mask, positions, cache):
