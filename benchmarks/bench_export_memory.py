@@ -1,0 +1,92 @@
+"""Benchmark the exporter's memory: where `mvgpt-export` of a random checkpoint reaches its peak.
+
+Writes a random checkpoint of --size, exports it at --precision into --out, and at every
+progress message of the export records the seconds since start, the current RSS (VmRSS) and the
+peak so far (ru_maxrss). The step whose line first shows the final peak is where the peak
+happened (between that message and the one before it). Prints one JSON line per progress
+message, a summary line, and a table.
+
+    python benchmarks/bench_export_memory.py --size 0.5b --precision int8 --out /tmp/pkg_mem
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import emit, environment, peak_rss_mib, print_table  # noqa: E402
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mvgpt.models.random_checkpoint import SIZES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=SIZES, default="0.5b")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the size's)")
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--out", required=True, help="package folder to write")
+    args = parser.parse_args(argv)
+
+    import onnxruntime
+    import torch
+
+    from mvgpt.exporter.package import export_package
+    from mvgpt.models.random_checkpoint import write_random_checkpoint
+
+    env = environment(torch.get_num_threads(), {"onnxruntime": onnxruntime.__version__})
+    start = time.perf_counter()
+    rows = []
+
+    def progress(message: str) -> None:
+        row = {
+            "bench": "export_memory",
+            "s": round(time.perf_counter() - start, 1),
+            "rss_mib": round(rss_mib(), 1),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "step": message.splitlines()[0],
+        }
+        rows.append(row)
+        emit({**row, **env})
+
+    with tempfile.TemporaryDirectory(prefix="mvgpt-mem-") as tmp:
+        progress("writing the random checkpoint")
+        checkpoint = write_random_checkpoint(tmp, args.size, 0, args.layers)
+        export_package(*checkpoint, args.out, precision=args.precision, progress=progress)
+        progress("done")
+    peak = rows[-1]["peak_rss_mib"]
+    first = next(i for i, r in enumerate(rows) if r["peak_rss_mib"] == peak)
+    emit(
+        {
+            "bench": "export_memory_summary",
+            "size": args.size,
+            "layers": args.layers,
+            "precision": args.precision,
+            "seconds": rows[-1]["s"],
+            "peak_rss_mib": peak,
+            "peak_between": [rows[max(0, first - 1)]["step"], rows[first]["step"]],
+            **env,
+        }
+    )
+    print_table(
+        [("step (RSS and peak at its start)", 60), ("s", 8), ("RSS MiB", 9), ("peak MiB", 9)],
+        [[r["step"][:60], f"{r['s']:.1f}", f"{r['rss_mib']:.0f}", f"{r['peak_rss_mib']:.0f}"]
+         for r in rows],
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
