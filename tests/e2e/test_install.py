@@ -138,3 +138,11 @@ def test_cmake_builds_the_sources_the_tools_compile():
     listed = line.split("SHARED", 1)[1].rstrip(")").split()
     assert listed == [s.name for s in SOURCES]
     assert shutil.which("cmake") or find_tool("cmake")
+
+
+def test_the_build_writes_where_the_runtime_looks():
+    """native_build (standard library only) and runtime.sessions each name the library's place."""
+    from mvgpt.kernels.native_build import LIB_PATH
+    from mvgpt.runtime.sessions import built_library_path
+
+    assert LIB_PATH == built_library_path()
