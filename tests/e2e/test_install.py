@@ -145,4 +145,4 @@ def test_the_build_writes_where_the_runtime_looks():
     from mvgpt.kernels.native_build import LIB_PATH
     from mvgpt.runtime.sessions import built_library_path
 
-    assert LIB_PATH == built_library_path()
+    assert built_library_path() == LIB_PATH
