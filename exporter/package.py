@@ -24,7 +24,13 @@ import onnx
 from mvgpt.exporter.graphs import export_graph, graph_bytes
 from mvgpt.exporter.quantize import MIN_COSINE, PRECISIONS, manifest_entry, quantize_package
 from mvgpt.exporter.scan_op import ScanOp, register_onnx_symbolic
-from mvgpt.exporter.validate import StageCheck, check_stage, format_table, raise_on_failures
+from mvgpt.exporter.validate import (
+    StageCheck,
+    check_graph,
+    format_table,
+    raise_on_failures,
+    reference,
+)
 from mvgpt.exporter.wrappers import graph_specs
 from mvgpt.kernels.portable import make_portable
 from mvgpt.models.checkpoint import check_folders, load_checkpoint, weight_files
@@ -287,15 +293,8 @@ def _export_into(
         export_graph(spec, staging / name)
         files[spec.stage] = name
     write_portable_graphs(staging, files)
-    checks = []
-    for spec in specs:
-        progress(f"validating {files[spec.stage]}")
-        op = M.CUSTOM_OP_STAGES.get(spec.stage)
-        checks.append(check_stage(spec, staging / files[spec.stage], custom_op=op))
-        if op is not None:
-            checks.append(check_stage(spec, staging / M.portable_file(spec.stage), custom_op=None))
-    progress("validation:\n" + format_table(checks))
-    raise_on_failures(checks)
+    progress("computing the torch references")
+    references = [reference(spec) for spec in specs]  # then torch's weights can go
     shutil.copy(checkpoint_dir / M.TOKENIZER_FILE, staging / M.TOKENIZER_FILE)
     config = json.loads((checkpoint_dir / "config.json").read_text())
     source = {
@@ -309,8 +308,19 @@ def _export_into(
     manifest = build_manifest(
         model, specs, files, source, generation_config, tokens, precision=precision
     )
-    del model, specs  # the torch weights are not needed to quantize: free them first
+    # the torch weights are not needed to validate or quantize: free them before onnxruntime
+    # loads the graphs, so the two never hold the model at the same time
+    del model, specs
     gc.collect()
+    checks = []
+    for ref in references:
+        progress(f"validating {files[ref.stage]}")
+        op = M.CUSTOM_OP_STAGES.get(ref.stage)
+        checks.append(check_graph(ref, staging / files[ref.stage], custom_op=op))
+        if op is not None:
+            checks.append(check_graph(ref, staging / M.portable_file(ref.stage), custom_op=None))
+    progress("validation:\n" + format_table(checks))
+    raise_on_failures(checks)
     if precision != "fp32":
         quant_checks = quantize_package(staging, files, precision, progress, min_cosine)
         manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks, min_cosine)

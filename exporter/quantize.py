@@ -15,6 +15,13 @@ embedding-table graph, and the check of every quantized graph against its fp32 O
 - ``int4-b128``: the same with blocks of 128: fewer scales, a faster decode step, a larger error
   (README: Precisions).
 
+The decoder (most of a package's bytes) is quantized by ``quantize_int8_streaming`` /
+``quantize_int4_streaming``: the same nodes, names and values as onnxruntime's quantizers give
+(tests/export/test_streaming.py compares them tensor for tensor), built one weight at a time
+from the fp32 graph's data file instead of a whole model loaded into the quantizer, so the
+export's memory does not grow with the decoder (issue 18: the 1.5B int8 export was killed at
+22 GB). The smaller graphs keep onnxruntime's quantizers.
+
 Every quantized graph is run next to its fp32 graph on the same fresh inputs (projectors on the
 fp32 encoders' outputs, the decoder on embeddings of random token ids, prefill plus cached steps);
 cosine < ``MIN_COSINE`` in any stage fails the export with one ExportError naming all of them.
@@ -115,6 +122,169 @@ def quantize_int8(src: Path, dst: Path) -> None:
     tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
 
 
+def read_tensor(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    """One initializer's values, read from its external-data file when it has one (only that
+    tensor's bytes, into a fresh array: nothing else of the file stays mapped)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    length = int(info["length"])
+    array = np.empty(length // np.dtype(dtype).itemsize, dtype)
+    with open(folder / info["location"], "rb") as handle:
+        handle.seek(int(info.get("offset", 0)))
+        handle.readinto(memoryview(array.view(np.uint8)))
+    return array.reshape(tuple(tensor.dims))
+
+
+def int8_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N) fp32 -> (int8 (K, N), fp32 scale (N,)): per column, symmetric, 7-bit range, the
+    values onnxruntime's dynamic quantizer gives with per_channel and reduce_range (scale =
+    2 * max|w| / 128, round half to even, clip to [-64, 64]; a zero column gets scale 1)."""
+    qmin, qmax = INT8_WEIGHT_RANGE
+    absmax = np.maximum(np.abs(weight.min(axis=0)), np.abs(weight.max(axis=0)))
+    absmax = absmax.astype(np.float32)
+    scale = (np.float32(2.0) * absmax / np.float32(qmax - qmin)).astype(np.float32)
+    scale[scale < np.finfo(np.float32).tiny] = 1.0
+    q = np.rint(weight / scale)
+    np.clip(q, qmin, qmax, out=q)
+    return q.astype(np.int8), scale
+
+
+def _is_weight(inits: dict[str, onnx.TensorProto], name: str) -> bool:
+    t = inits.get(name)
+    return t is not None and len(t.dims) == 2 and t.data_type == TensorProto.FLOAT
+
+
+def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite) -> None:
+    """Copy the graph ``src`` to ``dst`` one tensor at a time, replacing every MatMul on a 2-D
+    fp32 initializer with ``rewrite(node, weight, data, state)`` -> (nodes, initializers);
+    every other initializer and Constant value is copied into ``dst``'s data file."""
+    from mvgpt.exporter.graphs import ExternalData
+
+    model = onnx.load(str(src), load_external_data=False)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    all_nodes = list(graph.node)  # (wrappers kept alive: the loops below match by position)
+    targets = {
+        k
+        for k, n in enumerate(all_nodes)
+        if n.op_type == "MatMul" and _is_weight(inits, n.input[1])
+    }
+    other_uses = {i for k, n in enumerate(all_nodes) if k not in targets for i in n.input}
+    other_uses |= {o.name for o in graph.output}
+    data = ExternalData(dst.with_name(dst.name + ".data"))
+    nodes, initializers, state = [], [], {}
+    try:
+        for k, node in enumerate(all_nodes):
+            if k in targets:
+                weight = read_tensor(inits[node.input[1]], src.parent)
+                more_nodes, more_inits = rewrite(node, weight, data, state)
+                del weight
+                nodes += more_nodes
+                initializers += more_inits
+                continue
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.TENSOR:
+                        attr.t.CopyFrom(data.tensor(attr.t.name, read_tensor(attr.t, src.parent)))
+            nodes.append(node)
+        for name in [n for n in inits if n in other_uses]:
+            initializers.append(data.tensor(name, read_tensor(inits[name], src.parent)))
+    finally:
+        data.close()
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    model.ir_version = M.IR_VERSION
+    onnx.save_model(model, str(dst))
+
+
+def _int8_matmul(node, weight, data, state):
+    """DynamicQuantizeLinear (once per activation), MatMulInteger, Cast, scales product, Mul:
+    the nodes and names onnxruntime's quantize_dynamic gives a MatMul."""
+    x, w, y = node.input[0], node.input[1], node.output[0]
+    nodes, inits = [], []
+    activations = state.setdefault("activations", {})
+    weights = state.setdefault("weights", {})
+    if x not in activations:
+        activations[x] = (f"{x}_quantized", f"{x}_scale", f"{x}_zero_point")
+        nodes.append(
+            helper.make_node(
+                "DynamicQuantizeLinear", [x], list(activations[x]), f"{x}_QuantizeLinear"
+            )
+        )
+    if w not in weights:
+        q, scale = int8_weight(weight)
+        weights[w] = (f"{w}_quantized", f"{w}_scale", f"{w}_zero_point")
+        inits += [
+            data.tensor(weights[w][0], q),
+            data.tensor(weights[w][1], scale),
+            data.tensor(weights[w][2], np.zeros(scale.shape, np.int8)),
+        ]
+    (xq, xs, xz), (wq, ws, wz) = activations[x], weights[w]
+    base = node.name or y
+    raw, cast, scales = (
+        f"{y}_output_quantized",
+        f"{y}_output_quantized_cast_output",
+        (f"{base}_quant_scales_mul:0"),
+    )
+    nodes += [
+        helper.make_node("MatMulInteger", [xq, wq, xz, wz], [raw], f"{base}_quant"),
+        helper.make_node("Cast", [raw], [cast], f"{y}_output_quantized_cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [xs, ws], [scales], f"{base}_quant_scales_mul"),
+        helper.make_node("Mul", [cast, scales], [y], f"{base}_quant_output_scale_mul"),
+    ]
+    return nodes, inits
+
+
+def quantize_int8_streaming(src: Path, dst: Path) -> None:
+    """The decoder's int8: the graph ``quantize_int8`` makes, built one weight at a time from
+    the fp32 graph's data file, so that a large decoder is never in memory whole."""
+    _rewrite_weight_matmuls(src, dst, _int8_matmul)
+
+
+def _int4_matmul(node, weight, data, state, block_size: int):
+    """MatMulNBits (4-bit symmetric blocks of ``block_size`` along K) with onnxruntime's own
+    packing (``quantize_matmul_4bits``, what MatMulNBitsQuantizer calls) and its names."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    rows, cols = weight.shape  # (K, N)
+    k_blocks = (rows + block_size - 1) // block_size
+    if k_blocks * block_size != rows:
+        weight = np.pad(weight, ((0, k_blocks * block_size - rows), (0, 0)))
+    weight = np.ascontiguousarray(weight, np.float32)
+    packed = np.zeros((cols, k_blocks, block_size // 2), np.uint8)
+    scales = np.zeros((cols, k_blocks), np.float32)
+    zero_points = np.zeros((cols, (k_blocks + 1) // 2), np.uint8)
+    quantize_matmul_4bits(packed, weight, scales, zero_points, block_size, cols, rows, True)
+    w = node.input[1]
+    inits = [data.tensor(f"{w}_Q4", packed), data.tensor(f"{w}_scales", scales)]
+    matmul = helper.make_node(
+        "MatMulNBits",
+        [node.input[0], f"{w}_Q4", f"{w}_scales"],
+        [node.output[0]],
+        f"{node.name}_Q4" if node.name else "",
+        domain="com.microsoft",
+        K=rows,
+        N=cols,
+        bits=4,
+        block_size=block_size,
+        accuracy_level=INT4_ACCURACY_LEVEL,
+    )
+    return [matmul], inits
+
+
+def quantize_int4_streaming(src: Path, dst: Path, block_size: int) -> None:
+    """The decoder's int4 (``quantize_int4``'s graph), one weight at a time."""
+    _rewrite_weight_matmuls(src, dst, functools.partial(_int4_matmul, block_size=block_size))
+    model = onnx.load(str(dst), load_external_data=False)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        onnx.save_model(model, str(dst))
+
+
 def quantize_int4(src: Path, dst: Path, block_size: int) -> None:
     """Every constant-weight MatMul as MatMulNBits (4-bit, symmetric, blocks along K)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -165,6 +335,13 @@ def quantize_embedding(src: Path, dst: Path) -> None:
 
 QUANTIZERS = {
     INT8_DYNAMIC: quantize_int8,
+    (INT8_DYNAMIC, M.DECODER): quantize_int8_streaming,
+    **{
+        (INT4_MATMULNBITS[precision], M.DECODER): functools.partial(
+            quantize_int4_streaming, block_size=block
+        )
+        for precision, block in INT4_BLOCK_SIZES.items()
+    },
     **{
         INT4_MATMULNBITS[precision]: functools.partial(quantize_int4, block_size=block)
         for precision, block in INT4_BLOCK_SIZES.items()
@@ -194,7 +371,8 @@ def quantize_package(
     try:
         for n, (key, method) in enumerate(todo.items(), 1):
             progress(f"[{n}/{len(todo)}] quantizing {files[key]} ({method})")
-            QUANTIZERS[method](staging / files[key], qdir / files[key])
+            quantizer = QUANTIZERS.get((method, key), QUANTIZERS[method])
+            quantizer(staging / files[key], qdir / files[key])
         progress("checking quantized graphs against fp32")
         checks = check_quantized(staging, qdir, files, todo, min_cosine)
         progress("quantization:\n" + format_table(checks))

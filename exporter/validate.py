@@ -60,25 +60,40 @@ def compare(ort_out: list[np.ndarray], torch_out: list[np.ndarray]) -> tuple[flo
     return abs_diff, abs_diff / scale, cosine
 
 
-def check_stage(
-    spec: GraphSpec,
-    path: Path,
-    custom_op: str | None,
-    seed: int = 0,
-    tolerance: float = FP32_TOLERANCE,
-) -> StageCheck:
-    """``path`` (a graph of ``spec``'s stage; ``custom_op``: the mvgpt op it uses, None for a
-    portable graph) against ``spec.module`` on fresh inputs."""
+@dataclass
+class Reference:
+    """What a stage's graph is checked against: fresh inputs and the torch module's outputs on
+    them, with the graph's I/O names (kept without the module, so the torch weights can be freed
+    before any onnxruntime session is made)."""
+
+    stage: str
+    feeds: dict[str, np.ndarray]
+    output_names: list[str]
+    expected: list[np.ndarray]
+
+
+def reference(spec: GraphSpec, seed: int = 0) -> Reference:
     gen = torch.Generator().manual_seed(seed)
     inputs = fresh_inputs(spec, gen)
     with torch.no_grad():
         expected = spec.module(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    torch_out = [t.float().numpy() for t in expected]
-    feeds = {s.name: t.numpy() for s, t in zip(spec.inputs, inputs, strict=True)}
-    ort_out = agreement.session(path, custom_op).run([s.name for s in spec.outputs], feeds)
-    abs_diff, rel_diff, cosine = compare(ort_out, torch_out)
-    return StageCheck(spec.stage, path.name, abs_diff, rel_diff, cosine, rel_diff <= tolerance)
+    return Reference(
+        spec.stage,
+        {s.name: t.numpy() for s, t in zip(spec.inputs, inputs, strict=True)},
+        [s.name for s in spec.outputs],
+        [t.float().numpy() for t in expected],
+    )
+
+
+def check_graph(
+    ref: Reference, path: Path, custom_op: str | None, tolerance: float = FP32_TOLERANCE
+) -> StageCheck:
+    """``path`` (a graph of ``ref``'s stage; ``custom_op``: the mvgpt op it uses, None for a
+    portable graph) against the torch outputs in ``ref``."""
+    ort_out = agreement.session(path, custom_op).run(ref.output_names, ref.feeds)
+    abs_diff, rel_diff, cosine = compare(ort_out, ref.expected)
+    return StageCheck(ref.stage, path.name, abs_diff, rel_diff, cosine, rel_diff <= tolerance)
 
 
 def raise_on_failures(checks: list[StageCheck]) -> None:
