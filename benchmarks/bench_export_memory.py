@@ -12,6 +12,7 @@ message, a summary line, and a table.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, help="decoder layers (default: the size's)")
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--out", required=True, help="package folder to write")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="export this checkpoint folder (with --clip) instead of a random one of --size",
+    )
+    parser.add_argument("--clip", type=Path, help="its CLIP folder")
     args = parser.parse_args(argv)
 
     import onnxruntime
     import torch
 
     from mvgpt.exporter.package import export_package
-    from mvgpt.models.random_checkpoint import write_random_checkpoint
 
     env = environment(torch.get_num_threads(), {"onnxruntime": onnxruntime.__version__})
     start = time.perf_counter()
@@ -62,8 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         emit({**row, **env})
 
     with tempfile.TemporaryDirectory(prefix="mvgpt-mem-") as tmp:
-        progress("writing the random checkpoint")
-        checkpoint = write_random_checkpoint(tmp, args.size, 0, args.layers)
+        if args.checkpoint is not None:
+            checkpoint = (args.checkpoint, args.clip or args.checkpoint.parent / "clip")
+        else:  # written by a child process, so that its memory is not this process's peak
+            progress("writing the random checkpoint (in a child process)")
+            command = [sys.executable, "-m", "mvgpt.models.random_checkpoint"]
+            command += ["--size", args.size, "--out", tmp]
+            command += ["--layers", str(args.layers)] if args.layers else []
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            checkpoint = (Path(tmp) / "checkpoint", Path(tmp) / "clip")
+        start = time.perf_counter()
         export_package(*checkpoint, args.out, precision=args.precision, progress=progress)
         progress("done")
     peak = rows[-1]["peak_rss_mib"]

@@ -92,13 +92,14 @@ def check_quantized(
     checks = []
     for key, method in methods.items():
         op = M.CUSTOM_OP_STAGES.get(key)  # None for a portable graph's key
-        ref_sess = session(fp32_dir / files[key], op)
-        got_sess = session(quant_dir / files[key], op)
         top1 = None
         if key == M.DECODER:
             embed = session(fp32_dir / files[M.EMBED_TOKENS], None)
-            ref, got, top1 = _decoder_outputs(ref_sess, got_sess, embed, rng)
-        else:
+            ref, got, top1 = _decoder_outputs(
+                fp32_dir / files[key], quant_dir / files[key], op, embed, rng
+            )
+        else:  # one session at a time: the fp32 graph's outputs, then the quantized graph's
+            ref_sess = session(fp32_dir / files[key], op)
             feeds = _feeds(ref_sess, rng)
             if key == M.EMBED_TOKENS:
                 vocab = _vocab_size(fp32_dir / files[M.DECODER])
@@ -107,14 +108,15 @@ def check_quantized(
                 feeds = {ref_sess.get_inputs()[0].name: upstream[M.CLIP_VISION]}
             elif key == M.VIDEO_PROJECTOR and M.VIDEO_MAMBA in upstream:
                 feeds = {ref_sess.get_inputs()[0].name: upstream[M.VIDEO_MAMBA]}
-            ref, got = ref_sess.run(None, feeds), got_sess.run(None, feeds)
+            ref = ref_sess.run(None, feeds)
+            del ref_sess
+            got = session(quant_dir / files[key], op).run(None, feeds)
             if key in (M.CLIP_VISION, M.VIDEO_MAMBA):
                 upstream[key] = ref[0]
         abs_diff, cosine = compare(got, ref)
         checks.append(
             QuantCheck(key, files[key], method, abs_diff, cosine, top1, cosine >= min_cosine)
         )
-        del ref_sess, got_sess
     return checks
 
 
@@ -126,15 +128,14 @@ def _vocab_size(decoder: Path) -> int:
     return logits.type.tensor_type.shape.dim[2].dim_value
 
 
-def _decoder_outputs(ref_sess, got_sess, embed_sess, rng):
-    """Logits of both decoders over a random prefill and DECODE_STEPS cached greedy steps
-    (fp32's choice fed to both); returns (ref logits, quantized logits, top-1 agreement)."""
-    vocab = ref_sess.get_outputs()[0].shape[2]
-    pasts = [a for a in ref_sess.get_inputs() if a.name.startswith("past_key_values.")]
+def _decoder_logits(sess, embed_sess, ids, forced=None):
+    """Logits (positions, V) of one decoder over the prefill ``ids`` and DECODE_STEPS cached
+    steps, and the step tokens: ``forced`` when given, else this decoder's greedy choices."""
+    pasts = [a for a in sess.get_inputs() if a.name.startswith("past_key_values.")]
     kv_heads, head_dim = pasts[0].shape[1], pasts[0].shape[3]
     empty = np.zeros((1, kv_heads, 0, head_dim), np.float32)
 
-    def step(sess, ids, start, past):
+    def step(ids, start, past):
         embeds = embed_sess.run(None, {"input_ids": ids})[0]
         feeds = {
             "inputs_embeds": embeds,
@@ -145,17 +146,26 @@ def _decoder_outputs(ref_sess, got_sess, embed_sess, rng):
         outs = sess.run(None, feeds)
         return outs[0][0], {a.name: o for a, o in zip(pasts, outs[1:], strict=True)}
 
+    logits, past = step(ids, 0, None)
+    all_logits, tokens = [logits], []
+    for n, t in enumerate(range(PREFILL_TOKENS, PREFILL_TOKENS + DECODE_STEPS)):
+        token = int(np.argmax(all_logits[-1][-1])) if forced is None else forced[n]
+        tokens.append(token)
+        logits, past = step(np.array([[token]], np.int64), t, past)
+        all_logits.append(logits)
+    return np.concatenate(all_logits), tokens
+
+
+def _decoder_outputs(ref_path, got_path, custom_op, embed_sess, rng):
+    """Logits of both decoders over a random prefill and DECODE_STEPS cached greedy steps
+    (fp32's choice fed to both); returns (ref logits, quantized logits, top-1 agreement). The
+    two decoders run one after the other, so only one is in memory at a time."""
+    ref_sess = session(ref_path, custom_op)
+    vocab = ref_sess.get_outputs()[0].shape[2]
     ids = rng.integers(0, vocab, (1, PREFILL_TOKENS), dtype=np.int64)
-    ref, ref_past = step(ref_sess, ids, 0, None)
-    got, got_past = step(got_sess, ids, 0, None)
-    refs, gots = [ref], [got]
-    for t in range(PREFILL_TOKENS, PREFILL_TOKENS + DECODE_STEPS):
-        token = np.array([[int(np.argmax(refs[-1][-1]))]], np.int64)
-        ref, ref_past = step(ref_sess, token, t, ref_past)
-        got, got_past = step(got_sess, token, t, got_past)
-        refs.append(ref)
-        gots.append(got)
-    ref_all, got_all = np.concatenate(refs), np.concatenate(gots)  # (positions, V)
+    ref_all, tokens = _decoder_logits(ref_sess, embed_sess, ids)
+    del ref_sess
+    got_all, _ = _decoder_logits(session(got_path, custom_op), embed_sess, ids, tokens)
     top1 = float(np.mean(ref_all.argmax(-1) == got_all.argmax(-1)))
     return [ref_all], [got_all], top1
 

@@ -10,6 +10,8 @@ moved into place only when complete, so a failed export never leaves a folder th
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import hashlib
 import json
@@ -53,6 +55,15 @@ def write_portable_graphs(staging: Path, files: dict[str, str]) -> None:
 DEFAULT_MAX_NEW_TOKENS = 1024  # the official inference.py default
 
 Progress = Callable[[str], None]
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the system (glibc keeps large freed
+    blocks in its heap otherwise, and the freed torch weights would still count as this
+    process's memory while onnxruntime loads the graphs)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _quiet(_: str) -> None:
@@ -281,7 +292,7 @@ def _export_into(
     model = MobileVideoGPT.from_checkpoint(ckpt)
     generation_config = ckpt.generation_config
     del ckpt  # the model holds its own copy of every weight: the loaded tensors can go now
-    gc.collect()
+    release_freed_memory()
     register_onnx_symbolic(M.OPSET)
     for block in model.video_mamba.layers:
         block.mixer.scan = ScanOp(delta_softplus=True)
@@ -311,7 +322,7 @@ def _export_into(
     # the torch weights are not needed to validate or quantize: free them before onnxruntime
     # loads the graphs, so the two never hold the model at the same time
     del model, specs
-    gc.collect()
+    release_freed_memory()
     checks = []
     for ref in references:
         progress(f"validating {files[ref.stage]}")
