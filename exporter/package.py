@@ -321,7 +321,7 @@ def _export_into(
     )
     # the torch weights are not needed to validate or quantize: free them before onnxruntime
     # loads the graphs, so the two never hold the model at the same time
-    del model, specs
+    del model, specs, spec  # (``spec``: the export loop's last one, the decoder's wrapper)
     release_freed_memory()
     checks = []
     for ref in references:
