@@ -45,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         help="export this checkpoint folder (with --clip) instead of a random one of --size",
     )
     parser.add_argument("--clip", type=Path, help="its CLIP folder")
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        help="passed to the exporter (random deep decoders fall below the default 0.99 bar)",
+    )
     args = parser.parse_args(argv)
 
     import onnxruntime
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             "step": message.splitlines()[0],
         }
         rows.append(row)
+        if "\n" in message:  # the validation and quantization tables
+            print(message, file=sys.stderr)
         emit({**row, **env})
 
     with tempfile.TemporaryDirectory(prefix="mvgpt-mem-") as tmp:
@@ -78,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             checkpoint = (Path(tmp) / "checkpoint", Path(tmp) / "clip")
         start = time.perf_counter()
-        export_package(*checkpoint, args.out, precision=args.precision, progress=progress)
+        options = {} if args.min_cosine is None else {"min_cosine": args.min_cosine}
+        export_package(
+            *checkpoint, args.out, precision=args.precision, progress=progress, **options
+        )
         progress("done")
     peak = rows[-1]["peak_rss_mib"]
     first = next(i for i, r in enumerate(rows) if r["peak_rss_mib"] == peak)
