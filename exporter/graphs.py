@@ -133,12 +133,8 @@ def fold_weights(
 
     def value(name: str) -> np.ndarray:
         if name not in values:
-            if name in weights:
-                values[name] = (
-                    weights[name].detach().float().numpy()
-                    if weights[name].is_floating_point()
-                    else weights[name].detach().numpy()
-                )
+            if name in weights:  # a view of the torch tensor: no copy
+                values[name] = weights[name].detach().numpy()
             elif isinstance(constants[name], onnx.TensorProto):
                 values[name] = numpy_helper.to_array(constants[name])
             else:
