@@ -12,6 +12,7 @@ message, a summary line, and a table.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mvgpt-mem-") as tmp:
         if args.checkpoint is not None:
             checkpoint = (args.checkpoint, args.clip or args.checkpoint.parent / "clip")
+            config = json.loads((args.checkpoint / "config.json").read_text())
+            sizes = {896: "0.5b", 1536: "1.5b"}  # Qwen2.5-0.5B / -1.5B widths
+            args.size = sizes.get(config["hidden_size"], f"hidden {config['hidden_size']}")
         else:  # written by a child process, so that its memory is not this process's peak
             progress("writing the random checkpoint (in a child process)")
             command = [sys.executable, "-m", "mvgpt.models.random_checkpoint"]
