@@ -1,5 +1,10 @@
 """Tracing one wrapper module to an ONNX file: names, dynamic axes, opset and IR version pinned,
 large weights moved to one external-data file beside the graph.
+
+The trace holds no weights; ``fold_weights`` computes what the exporter's constant folding
+would (transposed and concatenated weights, ...) one tensor at a time and appends each result to
+the data file (``ExternalData``), so an export needs the torch model plus its largest few
+tensors, not several copies of the model (issue 18; README: Export memory).
 """
 
 from __future__ import annotations
