@@ -21,15 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import emit, environment, peak_rss_mib, print_table  # noqa: E402
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from common import emit, environment, peak_rss_mib, print_table, rss_mib  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

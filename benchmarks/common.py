@@ -98,6 +98,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_mib() -> float:
+    """This process's resident set size now in MiB (VmRSS; NaN where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def emit(row: dict[str, Any]) -> None:
     """Print one measurement as a JSON line, flushed so a parent process sees it at once."""
     print(json.dumps(row), flush=True)

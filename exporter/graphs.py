@@ -90,6 +90,30 @@ class ExternalData:
             self.path.unlink()
 
 
+def read_tensor(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
+    """One initializer's values, read from its external-data file when it has one (only that
+    tensor's bytes, into a fresh array: nothing else of the file stays mapped)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    length = int(info["length"])
+    array = np.empty(length // np.dtype(dtype).itemsize, dtype)
+    with open(folder / info["location"], "rb") as handle:
+        handle.seek(int(info.get("offset", 0)))
+        handle.readinto(memoryview(array.view(np.uint8)))
+    return array.reshape(tuple(tensor.dims))
+
+
+def constant_tensors(graph: onnx.GraphProto):
+    """The tensor values of the graph's Constant nodes (their ``value`` attributes)."""
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+
+
 def _module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of ``module`` under every name it has (tied weights and
     modules reached twice have several)."""
@@ -110,11 +134,9 @@ def fold_weights(
     graph = model.graph
     weight_inputs = [i.name for i in graph.input if i.name in weights]
     values: dict[str, np.ndarray] = {}
-    constant = set(weight_inputs)
-    constant.update(t.name for t in graph.initializer)
-    for node in graph.node:
-        if node.op_type == "Constant":
-            constant.update(node.output)
+    constants = {t.name: t for t in graph.initializer}  # name -> TensorProto or Constant node
+    constants.update((n.output[0], n) for n in graph.node if n.op_type == "Constant")
+    constant = set(weight_inputs) | constants.keys()
     derived = set(weight_inputs)  # weights and folded values: written as initializers
     fold: list[onnx.NodeProto] = []
     for node in graph.node:
@@ -131,10 +153,6 @@ def fold_weights(
     for node in fold:
         for i in node.input:
             uses[i] = uses.get(i, 0) + 1
-    constants = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            constants[node.output[0]] = node
 
     def value(name: str) -> np.ndarray:
         if name not in values:
@@ -191,14 +209,9 @@ def externalize(model: onnx.ModelProto, data: ExternalData) -> None:
     for i, tensor in enumerate(graph.initializer):
         if tensor.HasField("raw_data") and len(tensor.raw_data) > EXTERNAL_DATA_THRESHOLD:
             graph.initializer[i].CopyFrom(data.tensor(tensor.name, numpy_helper.to_array(tensor)))
-    for node in graph.node:
-        if node.op_type != "Constant":
-            continue
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR and len(attr.t.raw_data) > (
-                EXTERNAL_DATA_THRESHOLD
-            ):
-                attr.t.CopyFrom(data.tensor(attr.t.name, numpy_helper.to_array(attr.t)))
+    for value in constant_tensors(graph):
+        if len(value.raw_data) > EXTERNAL_DATA_THRESHOLD:
+            value.CopyFrom(data.tensor(value.name, numpy_helper.to_array(value)))
 
 
 def export_graph(spec: GraphSpec, path: Path) -> None:

@@ -291,8 +291,7 @@ def _export_into(
     ckpt = load_checkpoint(checkpoint_dir, clip_dir)
     model = MobileVideoGPT.from_checkpoint(ckpt)
     generation_config = ckpt.generation_config
-    del ckpt  # the model holds its own copy of every weight: the loaded tensors can go now
-    release_freed_memory()
+    del ckpt  # its tensors are the model's weights now (from_checkpoint assigns them)
     register_onnx_symbolic(M.OPSET)
     for block in model.video_mamba.layers:
         block.mixer.scan = ScanOp(delta_softplus=True)

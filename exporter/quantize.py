@@ -41,7 +41,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mvgpt.exporter.agreement import QuantCheck, check_quantized
-from mvgpt.exporter.graphs import save_model
+from mvgpt.exporter.graphs import ExternalData, constant_tensors, read_tensor, save_model
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import ExportError
 
@@ -122,21 +122,6 @@ def quantize_int8(src: Path, dst: Path) -> None:
     tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
 
 
-def read_tensor(tensor: onnx.TensorProto, folder: Path) -> np.ndarray:
-    """One initializer's values, read from its external-data file when it has one (only that
-    tensor's bytes, into a fresh array: nothing else of the file stays mapped)."""
-    if tensor.data_location != onnx.TensorProto.EXTERNAL:
-        return numpy_helper.to_array(tensor)
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
-    length = int(info["length"])
-    array = np.empty(length // np.dtype(dtype).itemsize, dtype)
-    with open(folder / info["location"], "rb") as handle:
-        handle.seek(int(info.get("offset", 0)))
-        handle.readinto(memoryview(array.view(np.uint8)))
-    return array.reshape(tuple(tensor.dims))
-
-
 def int8_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(K, N) fp32 -> (int8 (K, N), fp32 scale (N,)): per column, symmetric, 7-bit range, the
     values onnxruntime's dynamic quantizer gives with per_channel and reduce_range (scale =
@@ -156,12 +141,11 @@ def _is_weight(inits: dict[str, onnx.TensorProto], name: str) -> bool:
     return t is not None and len(t.dims) == 2 and t.data_type == TensorProto.FLOAT
 
 
-def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite) -> None:
+def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite, domains: tuple[str, ...] = ()) -> None:
     """Copy the graph ``src`` to ``dst`` one tensor at a time, replacing every MatMul on a 2-D
     fp32 initializer with ``rewrite(node, weight, data, state)`` -> (nodes, initializers);
-    every other initializer and Constant value is copied into ``dst``'s data file."""
-    from mvgpt.exporter.graphs import ExternalData
-
+    every other initializer and Constant value is copied into ``dst``'s data file. ``domains``:
+    op domains the new nodes use (imported at version 1 when the graph lacks them)."""
     model = onnx.load(str(src), load_external_data=False)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -184,11 +168,9 @@ def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite) -> None:
                 nodes += more_nodes
                 initializers += more_inits
                 continue
-            if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.type == onnx.AttributeProto.TENSOR:
-                        attr.t.CopyFrom(data.tensor(attr.t.name, read_tensor(attr.t, src.parent)))
             nodes.append(node)
+        for value in constant_tensors(graph):
+            value.CopyFrom(data.tensor(value.name, read_tensor(value, src.parent)))
         for name in [n for n in inits if n in other_uses]:
             initializers.append(data.tensor(name, read_tensor(inits[name], src.parent)))
     finally:
@@ -197,6 +179,8 @@ def _rewrite_weight_matmuls(src: Path, dst: Path, rewrite) -> None:
     graph.node.extend(nodes)
     del graph.initializer[:]
     graph.initializer.extend(initializers)
+    present = {o.domain for o in model.opset_import}
+    model.opset_import.extend(helper.make_opsetid(d, 1) for d in domains if d not in present)
     model.ir_version = M.IR_VERSION
     onnx.save_model(model, str(dst))
 
@@ -225,11 +209,9 @@ def _int8_matmul(node, weight, data, state):
         ]
     (xq, xs, xz), (wq, ws, wz) = activations[x], weights[w]
     base = node.name or y
-    raw, cast, scales = (
-        f"{y}_output_quantized",
-        f"{y}_output_quantized_cast_output",
-        (f"{base}_quant_scales_mul:0"),
-    )
+    raw = f"{y}_output_quantized"
+    cast = f"{y}_output_quantized_cast_output"
+    scales = f"{base}_quant_scales_mul:0"
     nodes += [
         helper.make_node("MatMulInteger", [xq, wq, xz, wz], [raw], f"{base}_quant"),
         helper.make_node("Cast", [raw], [cast], f"{y}_output_quantized_cast", to=TensorProto.FLOAT),
@@ -278,11 +260,9 @@ def _int4_matmul(node, weight, data, state, block_size: int):
 
 def quantize_int4_streaming(src: Path, dst: Path, block_size: int) -> None:
     """The decoder's int4 (``quantize_int4``'s graph), one weight at a time."""
-    _rewrite_weight_matmuls(src, dst, functools.partial(_int4_matmul, block_size=block_size))
-    model = onnx.load(str(dst), load_external_data=False)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-        onnx.save_model(model, str(dst))
+    _rewrite_weight_matmuls(
+        src, dst, functools.partial(_int4_matmul, block_size=block_size), ("com.microsoft",)
+    )
 
 
 def quantize_int4(src: Path, dst: Path, block_size: int) -> None:

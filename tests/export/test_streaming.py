@@ -14,14 +14,13 @@ import onnx
 import pytest
 import torch
 
-from mvgpt.exporter.graphs import EXTERNAL_DATA_THRESHOLD, ExternalData
+from mvgpt.exporter.graphs import EXTERNAL_DATA_THRESHOLD, ExternalData, read_tensor
 from mvgpt.exporter.quantize import (
     INT4_BLOCK_SIZES,
     quantize_int4,
     quantize_int4_streaming,
     quantize_int8,
     quantize_int8_streaming,
-    read_tensor,
 )
 from mvgpt.models.checkpoint import load_checkpoint
 from mvgpt.models.mobile_videogpt import MobileVideoGPT
