@@ -1,7 +1,8 @@
 """Install exporter/, runtime/, kernels/ and models/ under the one import namespace ``mvgpt``, with
 the custom-op library built into the package.
 
-``pip install .`` gives the runtime (numpy, onnxruntime, opencv, tokenizers; no torch) and builds
+``pip install .`` gives the runtime (numpy, onnxruntime, opencv, tokenizers; no torch) with the
+built-in toy model and its sample video (``runtime/builtin/``, package data), and builds
 ``mvgpt/kernels/lib/libmvgpt_ops.so`` with CMake during the package build (``BuildPyWithKernels``),
 so ``pip install .``, ``pip install -e .`` and ``pip wheel .`` all carry the fast path; a wheel
 runs on any machine of its platform without a compiler. When the library cannot be built (no
@@ -46,6 +47,15 @@ EXPORT = [
 # cmake and ninja: the tests build wheels without build isolation (offline)
 DEV = EXPORT + ["transformers>=4.45", "pillow", "pytest>=8", "ruff>=0.6", "cmake>=3.18", "ninja"]
 GPU = ["onnxruntime-gpu>=1.20"]
+# the built-in model (runtime/builtin/, see runtime/default_model.py): the toy package made by
+# mvgpt-export and the sample video with its questions; shipped whenever the folder holds them
+BUILTIN_FILES = [
+    "builtin/*.json",
+    "builtin/*.mp4",
+    "builtin/*/*.json",
+    "builtin/*/*.onnx",
+    "builtin/*/*.onnx.data",
+]
 
 
 def native_build():
@@ -116,6 +126,7 @@ setup(
     package_dir={"mvgpt": "mvgpt", **{f"mvgpt.{name}": name for name in FOLDERS}},
     package_data={
         "mvgpt.kernels": ["*.cc", "*.h", "CMakeLists.txt", "check/*.cc", "check/*.h"],
+        "mvgpt.runtime": BUILTIN_FILES,
     },
     install_requires=RUNTIME,
     extras_require={"runtime": [], "export": EXPORT, "dev": DEV, "gpu": GPU},

@@ -198,13 +198,13 @@ def build_manifest(
                 M.P_SIZE: size,
                 M.P_MEAN: list(CLIP_MEAN),
                 M.P_STD: list(CLIP_STD),
-                M.P_RESIZE: "shortest_side_bicubic_center_crop",
+                M.P_RESIZE: M.RESIZE_CLIP_CROP if cfg.clip.center_crop else M.RESIZE_CLIP_SQUASH,
             },
             "video_mamba": {
                 M.P_SIZE: cfg.video_mamba.img_size,
                 M.P_MEAN: list(IMAGENET_MEAN),
                 M.P_STD: list(IMAGENET_STD),
-                M.P_RESIZE: "squash_bilinear",
+                M.P_RESIZE: M.RESIZE_MAMBA,
             },
         },
         M.K_SAMPLING: {

@@ -17,6 +17,7 @@ from typing import Any
 from mvgpt.runtime.errors import CheckpointError
 
 VIDEO_MAMBA_CONFIG_KEY = "mvgpt_video_mamba"
+PROJECTOR_CONFIG_KEY = "mvgpt_projector"  # {image_grid, video_grid}: absent in official configs
 
 
 def _pick(cls, data: dict[str, Any], **overrides):
@@ -60,6 +61,9 @@ class ClipVisionConfig:
     layer_norm_eps: float = 1e-5
     hidden_act: str = "quick_gelu"
     select_layer: int = -2  # mm_vision_select_layer: output of the 11th of 12 layers
+    # preprocessor_config.json's do_center_crop: the official processor resizes the shortest
+    # side and crops the centre; off (with a square size), the whole frame is squashed
+    center_crop: bool = True
 
     @property
     def num_patches(self) -> int:
@@ -166,6 +170,26 @@ def video_mamba_config_from(data: dict[str, Any]) -> VideoMambaConfig:
     return cfg
 
 
+def clip_center_crop(clip_dir: Path, image_size: int) -> bool:
+    """preprocessor_config.json's ``do_center_crop`` (True when the file is absent, as in the
+    official openai/clip-vit-base-patch16 folder). Without the crop, ``size`` must be the square
+    ``image_size`` x ``image_size`` that the frames are squashed to."""
+    path = clip_dir / "preprocessor_config.json"
+    if not path.is_file():
+        return True
+    data = read_json(path)
+    if bool(data.get("do_center_crop", True)):
+        return True
+    size = data.get("size")
+    if size != {"height": image_size, "width": image_size}:
+        raise CheckpointError(
+            f"{path}: expected a size of {{'height': {image_size}, 'width': {image_size}}} with "
+            f"do_center_crop false, got {size!r}; fix: give the square size the tower was "
+            "trained on, or turn the centre crop back on"
+        )
+    return False
+
+
 def load_config(checkpoint_dir: Path, clip_dir: Path) -> MobileVideoGPTConfig:
     """Build the full config from the checkpoint's and the CLIP folder's config.json."""
     data = read_json(Path(checkpoint_dir) / "config.json")
@@ -184,9 +208,19 @@ def load_config(checkpoint_dir: Path, clip_dir: Path) -> MobileVideoGPTConfig:
             f"{Path(checkpoint_dir) / 'config.json'}: missing Qwen2 fields {missing}"
         )
     qwen = _pick(QwenConfig, data)
-    clip = _pick(ClipVisionConfig, vision, select_layer=int(data.get("mm_vision_select_layer", -2)))
+    clip = _pick(
+        ClipVisionConfig,
+        vision,
+        select_layer=int(data.get("mm_vision_select_layer", -2)),
+        center_crop=clip_center_crop(Path(clip_dir), int(vision.get("image_size", 224))),
+    )
     video_mamba = video_mamba_config_from(data)
-    projector = ProjectorConfig(
-        video_in=video_mamba.embed_dim, image_in=clip.hidden_size, hidden_size=qwen.hidden_size
+    grids = data.get(PROJECTOR_CONFIG_KEY) or {}
+    projector = _pick(
+        ProjectorConfig,
+        {k: int(v) for k, v in grids.items() if k in ("image_grid", "video_grid")},
+        video_in=video_mamba.embed_dim,
+        image_in=clip.hidden_size,
+        hidden_size=qwen.hidden_size,
     )
     return MobileVideoGPTConfig(qwen=qwen, clip=clip, video_mamba=video_mamba, projector=projector)

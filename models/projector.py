@@ -84,11 +84,16 @@ def pool_and_regroup(features: torch.Tensor, num_chunks: int, grid: int = 7) -> 
     return x.reshape(num_chunks, -1, dim)  # (nc, T/nc * g*g, C)
 
 
+FRAME_GRID = 7  # VideoMamba features per frame are pooled to 7x7 before the chunk regrouping
+
+
 class VideoProjector(ETProjector):
     """VideoMamba features (T, P, 576) -> (num_chunks, grid*grid, H).
 
-    Each chunk's 4 frames x 49 tokens are read as one 14x14 grid, so pooled tokens mix adjacent
-    frames (frame boundaries fall mid-row): the official code does this and the weights expect it.
+    Each frame is pooled to 7x7 and each chunk's 4 frames x 49 tokens are read as one 14x14 grid,
+    so pooled tokens mix adjacent frames (frame boundaries fall mid-row): the official code does
+    this and the weights expect it. The ETP pools that grid to ``grid`` x ``grid`` (7 in the
+    official model; a config's ``mvgpt_projector.video_grid`` may pool further).
     """
 
     def __init__(self, in_dim: int, hidden: int, num_chunks: int = 2, grid: int = 7):
@@ -96,7 +101,7 @@ class VideoProjector(ETProjector):
         self.num_chunks = num_chunks
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = pool_and_regroup(features, self.num_chunks, self.grid)  # (nc, 196, C)
+        x = pool_and_regroup(features, self.num_chunks, FRAME_GRID)  # (nc, 196, C)
         return super().forward(x)  # (nc, grid*grid, H)
 
 

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from mvgpt.models import weights as W
 from mvgpt.models.config import (
+    PROJECTOR_CONFIG_KEY,
     VIDEO_MAMBA_CONFIG_KEY,
     ClipVisionConfig,
     MobileVideoGPTConfig,
@@ -143,6 +144,12 @@ def _checkpoint_config(cfg: MobileVideoGPTConfig, size: str) -> dict:
     }
     if cfg.video_mamba != VideoMambaConfig():  # VideoMamba-M's sizes are code constants; only
         data[VIDEO_MAMBA_CONFIG_KEY] = asdict(cfg.video_mamba)  # smaller ones are stored
+    grids = {"image_grid": cfg.projector.image_grid, "video_grid": cfg.projector.video_grid}
+    if grids != {
+        "image_grid": ProjectorConfig.image_grid,
+        "video_grid": ProjectorConfig.video_grid,
+    }:
+        data[PROJECTOR_CONFIG_KEY] = grids  # the official pooling is a code constant too
     return data
 
 

@@ -64,7 +64,9 @@ class ReferenceRunner:
         t0 = time.perf_counter()
         ids = prompt_ids(self.tokenizer, question)  # validates the question first
         frames, positions = read_frames(video, self.config.selection.num_frames)
-        clip_pixels = torch.from_numpy(preprocess_clip(frames))
+        clip_pixels = torch.from_numpy(
+            preprocess_clip(frames, center_crop=self.config.clip.center_crop)
+        )
         mamba_pixels = torch.from_numpy(preprocess_video_mamba(frames))
         seconds["decode_video"] = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -1,16 +1,20 @@
 """``mvgpt-run``: answer questions about a video with a model package, streamed to stdout.
 
     mvgpt-run VIDEO QUESTION [--question Q ...] [--model PKG] [--json] [options]
-    mvgpt-run --demo
+    mvgpt-run --demo                       (the built-in sample video and its questions)
     mvgpt-run VIDEO --interactive          (questions from stdin, one per line, until EOF)
     mvgpt-run --stream SOURCE              (live: a camera index, an RTSP/HTTP URL or a file
                                             played in real time; questions from stdin)
     mvgpt-run --stream SOURCE QUESTION --every N   (ask QUESTION every N seconds)
 
-The video is encoded once and every question reuses it. Without --model, a built-in tiny package
-with random weights is used (made in the cache folder on first run). Errors are one stderr line
-and exit 1 (--debug shows the traceback); usage errors exit 2. Warnings and notes are held back
-until the video has been read, so a bad input gives exactly one line.
+The video is encoded once and every question reuses it. Without --model, the built-in model is
+used: a toy Mobile-VideoGPT that ships with mvgpt, trained on synthetic videos of coloured shapes
+(it answers what colour, what shape, which way and how many about such videos, nothing else).
+--demo asks it the questions of the built-in sample video (one of each kind) and prints each
+question with its answer. --model random-tiny is a tiny model with RANDOM weights, made in the
+cache folder on first use (tests, smoke checks; needs the export extra). Errors are one stderr
+line and exit 1 (--debug shows the traceback); usage errors exit 2. Warnings and notes are held
+back until the video has been read, so a bad input gives exactly one line.
 """
 
 from __future__ import annotations
@@ -54,9 +58,20 @@ class _HeldNotes(logging.Handler):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from .default_model import DEMO_MAX_NEW_TOKENS, RANDOM_MODEL
     from .package import PROVIDERS
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "Without --model: the built-in toy model (trained on synthetic videos of coloured "
+            "shapes; $MVGPT_BUILTIN names another built-in folder). --model random-tiny: a tiny "
+            "model with RANDOM weights, made in the cache folder ($MVGPT_CACHE) on first use "
+            "(a folder named random-tiny wins). --demo caps answers at "
+            f"{DEMO_MAX_NEW_TOKENS} new tokens unless --max-new-tokens is given."
+        ),
+    )
     parser.add_argument("video", nargs="?", metavar="VIDEO", help="video file")
     parser.add_argument("question", nargs="?", metavar="QUESTION", help="question to answer")
     parser.add_argument(
@@ -68,7 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="Q",
         help="another question about the same video (repeatable; the video is encoded once)",
     )
-    parser.add_argument("--model", metavar="PKG", help="package folder (default: built-in tiny)")
+    parser.add_argument(
+        "--model",
+        metavar="PKG",
+        help=f"package folder (default: the built-in toy model); {RANDOM_MODEL!r}: random weights",
+    )
     parser.add_argument("--max-new-tokens", type=int, metavar="N")
     parser.add_argument("--temperature", type=float, metavar="T", help="> 0 samples (default 0)")
     parser.add_argument("--top-p", type=float, metavar="P")
@@ -78,7 +97,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads")
     parser.add_argument("--provider", choices=tuple(PROVIDERS), default="cpu")
     parser.add_argument("--json", action="store_true", help="one JSON object per question")
-    parser.add_argument("--demo", action="store_true", help="a built-in video and question")
+    parser.add_argument(
+        "--demo", action="store_true", help="the built-in sample video and its questions"
+    )
     parser.add_argument("--interactive", action="store_true", help="read questions from stdin")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     live = parser.add_argument_group("live video (--stream)")
@@ -108,7 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         return args
     if args.demo:
         if args.video is not None:
-            parser.error("--demo takes no VIDEO (it uses the built-in demo clip)")
+            parser.error("--demo takes no VIDEO (it uses the built-in sample video)")
     elif args.video is None:
         parser.error("the following arguments are required: VIDEO (or use --demo)")
     elif args.question is None and not args.more and not args.interactive:
@@ -150,17 +171,20 @@ def _write(text: str) -> None:
 
 
 def run(args: argparse.Namespace, notes: _HeldNotes) -> None:
-    from .default_model import DEMO_MAX_NEW_TOKENS, DEMO_QUESTION, demo_video
+    from .default_model import DEMO_MAX_NEW_TOKENS, builtin_sample
     from .pipeline import ENCODE_STAGES
     from .prompt import check_question
 
     questions = [q for q in [args.question] if q is not None] + list(args.more)
     video = args.video
     if args.demo:
-        video = str(demo_video())
-        questions = questions or ([] if args.interactive else [DEMO_QUESTION])
+        sample = builtin_sample()
+        video = str(sample.video)
+        if not questions and not args.interactive:
+            questions = [q["question"] for q in sample.questions]
         if args.max_new_tokens is None:
-            args.max_new_tokens = DEMO_MAX_NEW_TOKENS  # a short answer for the demo
+            args.max_new_tokens = DEMO_MAX_NEW_TOKENS  # the toy model answers in a word or two
+        notes.note(f"--demo: the built-in sample video {video} (a scene held out of training)")
     for question in questions:  # checked before any heavy work
         check_question(question)
     options = _generation_options(args)
@@ -220,21 +244,30 @@ def _generation_options(args: argparse.Namespace) -> dict:
     return options
 
 
-def _load_pipeline(args: argparse.Namespace, notes: _HeldNotes):
-    """--model's package (default: the built-in one), loaded; notes say when weights are random."""
-    from .default_model import default_package
-    from .pipeline import Pipeline
+def _model_path(args: argparse.Namespace, notes: _HeldNotes) -> Path:
+    """--model's package folder: the built-in toy package without --model, the cached random
+    package for ``random-tiny`` (a folder of that name wins), else the folder given."""
+    from .default_model import RANDOM_MODEL, builtin_package, default_package
 
     if args.model is None:
-        package = default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
+        package = builtin_package()
         notes.note(
-            f"no --model given: using {package}, a tiny model with RANDOM weights (the "
-            "answer is noise); pass --model PKG for a real one"
+            f"no --model given: using the built-in toy model ({package}), trained on synthetic "
+            "videos of coloured shapes only; pass --model PKG for a real one"
         )
-    else:
-        package = Path(args.model)
+        return package
+    if args.model == RANDOM_MODEL and not Path(args.model).exists():
+        return default_package(lambda message: _say(f"{PROG}: note: {message}\n"))
+    return Path(args.model)
+
+
+def _load_pipeline(args: argparse.Namespace, notes: _HeldNotes):
+    """--model's package (default: the built-in one), loaded; notes say when weights are random."""
+    from .pipeline import Pipeline
+
+    package = _model_path(args, notes)
     pipeline = Pipeline.load(package, args.provider, args.threads)
-    if args.model is not None and pipeline.package.random_weights:
+    if pipeline.package.random_weights:
         notes.note(f"{package} has RANDOM weights: the answer is noise")
     return pipeline
 

@@ -1,34 +1,96 @@
-"""The built-in defaults of ``mvgpt-run``: a tiny package with random weights, made on first use,
-and a synthetic demo video.
+"""The built-in defaults of ``mvgpt-run``: the built-in toy model with its sample video, and a
+tiny package with random weights made on first use.
 
-Both live in the cache folder (``$MVGPT_CACHE``, else ``~/.cache/mvgpt``). The package is made by
-running the exporter in a subprocess (``mvgpt-export --random tiny``), so the runtime itself never
-imports torch; that subprocess needs the export extra installed. A lock file keeps two first runs
-from exporting at the same time.
+The built-in model ships inside the installed package, in ``builtin/`` beside this file
+(``$MVGPT_BUILTIN`` names another folder of the same layout): ``builtin/toy-shapes/`` is a package
+written by mvgpt-export (a toy Mobile-VideoGPT trained on synthetic videos of coloured shapes,
+``mvgpt.models.toy_builtin``), ``builtin/sample.mp4`` a held-out scene and ``builtin/sample.json``
+its questions (one per kind: colour, shape, motion, count) with their answers. It needs nothing
+beyond the runtime's dependencies.
+
+The random package (``--model random-tiny``, for tests and smoke checks) lives in the cache folder
+(``$MVGPT_CACHE``, else ``~/.cache/mvgpt``). It is made by running the exporter in a subprocess
+(``mvgpt-export --random tiny``), so the runtime itself never imports torch; that subprocess needs
+the export extra installed. A lock file keeps two first runs from exporting at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-
-import cv2
-import numpy as np
 
 from .errors import MvgptError, PackageError
 from .package import read_manifest
 
 CACHE_ENV = "MVGPT_CACHE"
-DEFAULT_PACKAGE = "default-tiny"
-DEMO_VIDEO = "demo-shapes.mp4"
-DEMO_MAX_NEW_TOKENS = 48
-DEMO_QUESTION = "What is moving in this video, and in which direction?"
+RANDOM_MODEL = "random-tiny"  # the --model name of the random package, and its cache folder
+BUILTIN_ENV = "MVGPT_BUILTIN"
+BUILTIN_PACKAGE = "toy-shapes"
+SAMPLE_FILE = "sample.json"
+DEMO_MAX_NEW_TOKENS = 8  # the toy model's answers are one or two words (toy_builtin's cap)
 EXPORT_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The built-in sample: a video and its questions (``type``, ``question``, ``answer``)."""
+
+    video: Path
+    questions: list[dict]
+
+
+def builtin_dir() -> Path:
+    """``$MVGPT_BUILTIN``, else the ``builtin/`` folder of the installed runtime package."""
+    return Path(os.environ.get(BUILTIN_ENV) or Path(__file__).resolve().parent / "builtin")
+
+
+def _missing(what: str, path: Path) -> PackageError:
+    fix = (
+        "pass --model PKG with a package made by mvgpt-export"
+        if what == "model"
+        else "pass VIDEO QUESTION (with --model PKG) in place of --demo"
+    )
+    return PackageError(
+        f"the built-in {what} is missing: expected {str(path)!r}, got no such file (a source "
+        f"checkout before the built-in model is made?); fix: {fix}"
+    )
+
+
+def builtin_package() -> Path:
+    """The built-in toy package folder (``builtin/toy-shapes``); a PackageError when missing."""
+    package = builtin_dir() / BUILTIN_PACKAGE
+    if not (package / "manifest.json").is_file():
+        raise _missing("model", package / "manifest.json")
+    return package
+
+
+def builtin_sample() -> Sample:
+    """The built-in sample video and its questions, from ``builtin/sample.json``."""
+    path = builtin_dir() / SAMPLE_FILE
+    if not path.is_file():
+        raise _missing("sample", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        video = path.parent / data["video"]
+        questions = [
+            {"type": q["type"], "question": q["question"], "answer": q["answer"]}
+            for q in data["questions"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PackageError(
+            f"built-in sample {str(path)!r}: expected JSON with 'video' and 'questions' "
+            f"(type, question, answer), got {type(e).__name__}: {e}; fix: reinstall mvgpt, or "
+            "pass --model PKG with VIDEO QUESTION"
+        ) from e
+    if not video.is_file():
+        raise _missing("sample video", video)
+    return Sample(video, questions)
 
 
 def cache_dir() -> Path:
@@ -69,18 +131,18 @@ def _is_current(package: Path) -> bool:
 
 
 def default_package(announce: Callable[[str], None]) -> Path:
-    """The cached random tiny package; exported on first use, and again after a package format
-    change (``announce`` hears about it)."""
+    """The cached random tiny package (``--model random-tiny``); exported on first use, and again
+    after a package format change (``announce`` hears about it)."""
     folder = cache_dir()
-    package = folder / DEFAULT_PACKAGE
+    package = folder / RANDOM_MODEL
     if _is_current(package):
         return package
-    with _locked(folder / f".{DEFAULT_PACKAGE}.lock"):
+    with _locked(folder / f".{RANDOM_MODEL}.lock"):
         if _is_current(package):  # another process made it meanwhile
             return package
         announce(
-            f"making the built-in default package in {package} (first run, or a new package "
-            "format; about a minute): a tiny model with RANDOM weights"
+            f"making the random package in {package} (first use, or a new package format; about "
+            "a minute): a tiny model with RANDOM weights"
         )
         command = [sys.executable, "-m", "mvgpt.exporter.cli", "--random", "tiny"]
         try:
@@ -93,54 +155,15 @@ def default_package(announce: Callable[[str], None]) -> Path:
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise PackageError(
-                f"making the default package: expected mvgpt-export to finish, got {e}; fix: "
+                f"making the random package: expected mvgpt-export to finish, got {e}; fix: "
                 "pass --model PKG with a package made by mvgpt-export"
             ) from e
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             last = lines[-1].strip() if lines else "no message"
             raise PackageError(
-                f"making the default package: expected mvgpt-export to succeed, got exit "
+                f"making the random package: expected mvgpt-export to succeed, got exit "
                 f"{done.returncode} ({last}); fix: install the export extra "
                 "(pip install 'mvgpt[export]'), or pass --model PKG"
             )
     return package
-
-
-def _demo_frame(index: int, width: int, height: int) -> np.ndarray:
-    """A dark frame with a disc circling and a square sliding left to right (BGR)."""
-    frame = np.full((height, width, 3), (60, 40, 30), np.uint8)
-    t = index / 10.0
-    cx = int(width * (0.5 + 0.3 * np.cos(t)))
-    cy = int(height * (0.5 + 0.3 * np.sin(t)))
-    cv2.circle(frame, (cx, cy), height // 8, (40, 200, 250), -1)
-    side = height // 6
-    x = int((width - side) * (index % 60) / 59)
-    cv2.rectangle(frame, (x, height - 2 * side), (x + side, height - side), (220, 80, 60), -1)
-    return frame
-
-
-def demo_video(seconds: int = 6, fps: int = 10, size: tuple[int, int] = (320, 240)) -> Path:
-    """The demo clip in the cache folder, written with cv2 on first use."""
-    folder = cache_dir()
-    path = folder / DEMO_VIDEO
-    if path.is_file() and path.stat().st_size > 0:
-        return path
-    handle, tmp = tempfile.mkstemp(suffix=".mp4", dir=folder, prefix=".demo-")
-    os.close(handle)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
-    try:
-        if not writer.isOpened():
-            raise MvgptError(
-                f"demo video: expected OpenCV to write mp4v to {folder}, got a writer that "
-                "cannot open; fix: pass your own video instead of --demo"
-            )
-        for index in range(seconds * fps):
-            writer.write(_demo_frame(index, *size))
-        writer.release()
-    except BaseException:
-        writer.release()
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    return path

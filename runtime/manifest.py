@@ -62,7 +62,10 @@ S_SHAPE = "shape"
 P_SIZE = "size"
 P_MEAN = "mean"
 P_STD = "std"
-P_RESIZE = "resize"  # "shortest_side_bicubic_center_crop" | "squash_bilinear"
+P_RESIZE = "resize"  # one of the RESIZE_* values below
+RESIZE_CLIP_CROP = "shortest_side_bicubic_center_crop"  # CLIP: the official processor
+RESIZE_CLIP_SQUASH = "squash_bicubic"  # CLIP with do_center_crop off and a square size
+RESIZE_MAMBA = "squash_bilinear"  # VideoMamba: cv2.resize to size x size
 
 # stage names, in data-flow order
 CLIP_VISION = "clip_vision"

@@ -83,6 +83,14 @@ class Pipeline:
         self.prompt = man[M.K_PROMPT]
         self.decoder_cfg = man[M.K_DECODER]
         self.num_visual_tokens = int(man[M.K_VISUAL]["num_visual_tokens"])
+        resize = man[M.K_PREPROCESS]["clip"].get(M.P_RESIZE, M.RESIZE_CLIP_CROP)
+        if resize not in (M.RESIZE_CLIP_CROP, M.RESIZE_CLIP_SQUASH):
+            raise MvgptError(
+                f"{package.folder}: expected preprocess.clip.resize to be "
+                f"{M.RESIZE_CLIP_CROP!r} or {M.RESIZE_CLIP_SQUASH!r}, got {resize!r}; fix: "
+                "re-export the package with this version of mvgpt"
+            )
+        self.clip_center_crop = resize == M.RESIZE_CLIP_CROP
         self.notes = list(package.notes)
         self.decoder = Decoder(package.sessions[M.DECODER], self.decoder_cfg)
         # this pipeline's prefills of the Encodings it answered; an entry goes with its Encoding
@@ -134,7 +142,11 @@ class Pipeline:
         pre = self.package.manifest[M.K_PREPROCESS]
         clip_pre, mamba_pre = pre["clip"], pre["video_mamba"]
         clip_pixels = preprocess_clip(
-            frames, clip_pre[M.P_SIZE], tuple(clip_pre[M.P_MEAN]), tuple(clip_pre[M.P_STD])
+            frames,
+            clip_pre[M.P_SIZE],
+            tuple(clip_pre[M.P_MEAN]),
+            tuple(clip_pre[M.P_STD]),
+            center_crop=self.clip_center_crop,
         )
         mamba_pixels = preprocess_video_mamba(
             frames, mamba_pre[M.P_SIZE], tuple(mamba_pre[M.P_MEAN]), tuple(mamba_pre[M.P_STD])

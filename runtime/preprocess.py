@@ -162,16 +162,21 @@ def preprocess_clip(
     size: int = 224,
     mean: tuple[float, float, float] = CLIP_MEAN,
     std: tuple[float, float, float] = CLIP_STD,
+    center_crop: bool = True,
 ) -> np.ndarray:
     """CLIP pixel_values: (F, H, W, 3) uint8 RGB -> (F, 3, size, size) float32.
 
     Shortest side to `size` (PIL bicubic), center crop size x size with transformers' offsets
-    ((new - size) // 2), /255, normalize.
+    ((new - size) // 2), /255, normalize. With ``center_crop`` off (a processor with
+    ``do_center_crop`` false and a square ``size``), the whole frame is resized to size x size.
     """
     _check_frames(frames)
     height, width = frames.shape[1:3]
-    new_h, new_w = clip_resize_shape(height, width, size)
-    crop = ((new_h - size) // 2, (new_w - size) // 2, size, size)
+    if center_crop:
+        new_h, new_w = clip_resize_shape(height, width, size)
+        crop = ((new_h - size) // 2, (new_w - size) // 2, size, size)
+    else:
+        new_h, new_w, crop = size, size, None
     pixels = np.empty((frames.shape[0], size, size, 3), np.uint8)
     for i, frame in enumerate(frames):
         pixels[i] = resize_bicubic_pil(frame, new_w, new_h, crop)

@@ -1,13 +1,15 @@
 """The package build carries the native library (issue 17): ``pip wheel`` / ``pip install`` build
 it with CMake into the package, a wheel installed in a fresh virtual environment runs both custom
 ops with no compiler on PATH, and a build without a compiler still installs, says why, and the
-runtime falls back to the portable graphs (or fails when MVGPT_REQUIRE_NATIVE=1).
+runtime falls back to the portable graphs (or fails when MVGPT_REQUIRE_NATIVE=1). The wheel also
+carries the built-in model (issue 16), and the installed wheel's ``mvgpt-run --demo`` runs it.
 
 Builds run without build isolation (setuptools, cmake and ninja from the dev extra), so the tests
 need no network."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -109,6 +111,40 @@ def test_wheel_runs_both_custom_ops_without_a_compiler(wheel, tiny_package, tmp_
     )  # fmt: skip
     assert answer.returncode == 0, answer.stderr
     assert "portable graph" not in answer.stderr, answer.stderr  # both ops ran natively
+
+
+def test_wheel_holds_the_builtin_model(wheel):
+    """Every file of runtime/builtin/ (the toy package, sample.mp4, sample.json) is package data."""
+    source = REPO / "runtime" / "builtin"
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    for needed in ("sample.json", "sample.mp4", "toy-shapes/manifest.json"):
+        assert needed in files, f"{source / needed} missing: make the built-in model first"
+    manifest = json.loads((source / "toy-shapes" / "manifest.json").read_text())
+    stages = manifest["stages"].values()
+    graphs = {s[k] for s in stages for k in ("file", "portable_file") if k in s}
+    assert graphs and {f"toy-shapes/{g}" for g in graphs} <= set(files)
+    assert any(f.endswith(".onnx.data") for f in files)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"mvgpt/runtime/builtin/{f}" for f in files} <= names, sorted(names)
+
+
+def test_wheel_runs_the_demo_from_its_own_builtin(wheel, tmp_path):
+    """The installed wheel's mvgpt-run --demo uses the built-in folder inside the venv."""
+    python = _fresh_venv(tmp_path / "venv")
+    run = _pip(python, "install", "--no-deps", "--no-index", str(wheel))
+    assert run.returncode == 0, run.stderr[-2000:]
+    env = _without_compiler(python.parent)
+    env.pop("MVGPT_BUILTIN", None)
+    demo = subprocess.run(
+        [str(python.parent / "mvgpt-run"), "--demo", "--json", "--max-new-tokens", "2"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    sample = json.loads((REPO / "runtime" / "builtin" / "sample.json").read_text())
+    asked = [json.loads(line)["question"] for line in demo.stdout.splitlines()]
+    assert asked == [q["question"] for q in sample["questions"]]
+    used = next(line for line in demo.stderr.splitlines() if "built-in toy model (" in line)
+    assert str(tmp_path / "venv") in used, used  # the wheel's copy, not the checkout's
 
 
 def test_install_without_a_compiler_falls_back_and_says_so(tmp_path):

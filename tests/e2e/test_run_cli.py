@@ -206,16 +206,18 @@ def test_interactive_reads_questions_until_eof(tiny_package, clip_mp4):
     ]
 
 
-def test_demo_makes_the_default_package_and_video(tmp_path):
+def test_random_tiny_is_made_once_on_first_use(tmp_path, clip_mp4):
+    """--model random-tiny: the random package, exported into the cache folder on first use."""
     cache = tmp_path / "cache"
-    done = run_cli("--demo", "--max-new-tokens", 3, cache=cache, timeout=600)
+    args = (clip_mp4, "What happens?", "--model", "random-tiny", "--max-new-tokens", 3)
+    done = run_cli(*args, cache=cache, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
-    assert "RANDOM" in done.stderr
-    assert (cache / "default-tiny" / "manifest.json").is_file()
-    assert (cache / "demo-shapes.mp4").stat().st_size > 0
-    again = run_cli("--demo", "--max-new-tokens", 3, "--json", cache=cache)
+    assert "making the random package" in done.stderr and "RANDOM" in done.stderr
+    assert (cache / "random-tiny" / "manifest.json").is_file()
+    again = run_cli(*args, "--json", cache=cache)
     assert again.returncode == 0, again.stderr
-    assert "making the built-in default package" not in again.stderr  # made once
+    assert "making the random package" not in again.stderr  # made once
+    assert "RANDOM" in again.stderr
     assert _json_lines(again.stdout)[0]["answer"] == done.stdout.strip()
     shutil.rmtree(cache)

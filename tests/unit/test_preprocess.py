@@ -66,7 +66,7 @@ def test_bicubic_differs_from_cv2_cubic_on_downscale():
     assert np.abs(ours - cv).max() > 20
 
 
-def clip_processor():
+def clip_processor(center_crop: bool = True):
     try:
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
     except ImportError:
@@ -76,11 +76,11 @@ def clip_processor():
             pytest.skip("transformers is not installed")
     pytest.importorskip("PIL")
     return CLIPImageProcessorPil(
-        size={"shortest_edge": 224},
+        size={"shortest_edge": 224} if center_crop else {"height": 224, "width": 224},
         crop_size={"height": 224, "width": 224},
         do_resize=True,
         resample=3,
-        do_center_crop=True,
+        do_center_crop=center_crop,
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
@@ -99,6 +99,20 @@ def test_preprocess_clip_matches_transformers(height, width):
     print(f"({height}, {width}): max |transformers - ours| = {diff}")
     assert ours.shape == (2, 3, 224, 224) and ours.dtype == np.float32
     assert diff <= 1e-6
+
+
+@pytest.mark.parametrize("height, width", [(240, 320), (480, 240), (120, 160)])
+def test_preprocess_clip_squash_matches_transformers(height, width):
+    # the toy checkpoint's processor: do_center_crop false, size 224x224 (the whole frame)
+    processor = clip_processor(center_crop=False)
+    frames = random_frames((2, height, width, 3), seed=height + width)
+    ref = processor(list(frames), return_tensors="np")["pixel_values"]
+    ours = preprocess_clip(frames, center_crop=False)
+    diff = np.abs(ref - ours).max()
+    print(f"({height}, {width}) squashed: max |transformers - ours| = {diff}")
+    assert ours.shape == (2, 3, 224, 224) and ours.dtype == np.float32
+    assert diff <= 1e-6
+    assert np.abs(ours - preprocess_clip(frames)).max() > 0.1  # the crop would differ
 
 
 def test_preprocess_clip_normalization_by_hand():

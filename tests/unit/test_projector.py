@@ -79,6 +79,22 @@ def test_shapes_and_match_with_official_formulation():
     assert dv < 1e-5 and di < 1e-5
 
 
+def test_video_grid_one_is_the_mean_of_each_chunk():
+    # the toy model's video_grid 1: frames still pooled to 7x7 and regrouped, then one token per
+    # chunk: the MLP's outputs averaged over the chunk's 4 frames x 49 tokens
+    torch.manual_seed(0)
+    proj = VideoProjector(24, 16, grid=1).eval()
+    feats = _randn(8, 49, 24)  # 32 px patches: 7x7 per frame already
+    with torch.no_grad():
+        out = proj(feats)
+        mean = proj.mlp(feats).reshape(2, 4 * 49, 16).mean(1)
+        conv = proj.peg.peg[0]
+        expected = mean * (1 + conv.weight[:, 0, 1, 1]) + conv.bias  # 3x3 conv on 1x1: centre tap
+    diff = (out[:, 0] - expected).abs().max().item()
+    print(f"video_grid 1 vs chunk means: max diff {diff:.3e}")
+    assert out.shape == (2, 1, 16) and diff < 1e-5
+
+
 def test_pool_and_regroup_layout():
     feats = _randn(8, 196, 5)
     out = pool_and_regroup(feats, num_chunks=2)

@@ -1,0 +1,166 @@
+"""The built-in toy model's training pieces (issue 16): what its tokens are taught to carry, the
+training examples against the runtime's own path, the prompt rows, the faster scan, and the
+attention the previous-frame loss reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mvgpt.models import qwen2
+from mvgpt.models import toy_data as td
+from mvgpt.models import toy_train as T
+from mvgpt.models import toy_videos as tv
+from mvgpt.models.chunked_scan import selective_scan_chunked
+from mvgpt.models.scan import selective_scan_ref
+from mvgpt.models.toy_model import AREA, CLASSES, SUMMARY, summary
+from mvgpt.models.toy_tokenizer import build_tokenizer
+from mvgpt.runtime.preprocess import preprocess_clip, preprocess_video_mamba
+from mvgpt.runtime.prompt import IMAGE_TOKEN_INDEX, prompt_ids
+from mvgpt.runtime.video import read_frames
+
+
+def test_summary_by_hand():
+    cover = np.zeros((14, 14, td.NUM_CLASSES), np.float32)
+    cover[..., 0] = 1.0
+    cover[2:4, 10:12, 0], cover[2:4, 10:12, 5] = 0.0, 1.0  # class 5 on 4 patches, upper right
+    out = summary(cover)
+    assert out.shape == (SUMMARY,)
+    k = 5 - 1
+    centre_x = 11 / 14 * 2 - 1  # the mean of patch columns 10 and 11's centres (10.5, 11.5)
+    centre_y = 3 / 14 * 2 - 1  # rows 2 and 3
+    np.testing.assert_allclose(out[k], 1.0)
+    np.testing.assert_allclose(out[CLASSES + k], AREA * 4 / 196, rtol=1e-6)
+    np.testing.assert_allclose(out[2 * CLASSES + k], AREA * 4 / 196 * centre_x, rtol=1e-5)
+    np.testing.assert_allclose(out[3 * CLASSES + k], AREA * 4 / 196 * centre_y, rtol=1e-5)
+    others = np.delete(out.reshape(4, CLASSES), k, axis=1)
+    assert not others.any()
+
+
+def test_training_pixels_match_the_runtime_path(tmp_path):
+    """An example's pixels against the runtime on the scene's whole mp4: read_frames, then
+    preprocess_clip (squash) and preprocess_video_mamba. The only difference allowed is the
+    codec's (the example encodes just the 16 sampled frames)."""
+    seed = tv.split_seeds("train", 1)[0]
+    example = td.make_example(seed)
+    video = tv.write_mp4(tv.make_scene(seed), tmp_path / "scene.mp4")
+    frames, positions = read_frames(video, td.NUM_FRAMES)
+    assert positions == td.sampled_positions(tv.make_scene(seed))
+    clip, mamba = td.tensors([example])
+    runtime_clip = preprocess_clip(frames, center_crop=False)
+    runtime_mamba = preprocess_video_mamba(frames)
+    # in uint8 levels: CLIP std ~0.27, ImageNet std ~0.225 of 255
+    d_clip = np.abs(clip[0] - runtime_clip).mean() * 0.27 * 255
+    d_mamba = np.abs(mamba[0] - runtime_mamba).mean() * 0.225 * 255
+    print(f"mean |example - runtime| in levels: clip {d_clip:.3f}, video_mamba {d_mamba:.3f}")
+    assert clip.shape == (1, 16, 3, 224, 224) and mamba.shape == (1, 16, 3, 224, 224)
+    assert d_clip < 0.6 and d_mamba < 0.6
+
+
+def test_chunked_scan_equals_the_reference():
+    gen = torch.Generator().manual_seed(0)
+    batch, dim, state, length = 2, 6, 4, 53
+    u, delta, z = (torch.randn(batch, dim, length, generator=gen) for _ in range(3))
+    A = -torch.rand(dim, state, generator=gen) - 0.1
+    B, C = (torch.randn(batch, state, length, generator=gen) for _ in range(2))
+    D, bias = torch.randn(dim, generator=gen), torch.randn(dim, generator=gen)
+    ref = selective_scan_ref(u, delta, A, B, C, D, z, bias, delta_softplus=True)
+    ours = selective_scan_chunked(u, delta, A, B, C, D, z, bias, delta_softplus=True)
+    diff = (ref - ours).abs().max().item()
+    print(f"chunked scan vs reference: max diff {diff:.2e}")
+    assert diff < 1e-4
+
+
+@pytest.fixture(scope="module")
+def toy_rows(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy-data")
+    data = td.build_dataset(tv.split_seeds("train", 3), folder, processes=1)
+    tokenizer = build_tokenizer()
+    model = T.new_model(tokenizer.get_vocab_size(), 0)
+    return data, tokenizer, model, T.Questions(data, tokenizer, model.cfg.num_visual_tokens)
+
+
+def test_question_rows_are_the_runtime_prompt(toy_rows):
+    data, tokenizer, model, questions = toy_rows
+    visual = np.random.default_rng(0).standard_normal((len(data), 18, 128)).astype(np.float32)
+    items = np.arange(len(questions))
+    embeds, targets, mask = questions.batch(model.decoder, visual, items)
+    end = tokenizer.token_to_id("<|im_end|>")
+    for row, i in enumerate(items):
+        video = questions.video[i]
+        asked = [q for v, qs in enumerate(data.questions) for q in qs if v == video]
+        q = asked[[j for j in range(len(questions)) if questions.video[j] == video].index(i)]
+        ids = prompt_ids(tokenizer, q.question, 16, 1)  # the runtime's prompt, one sentinel run
+        answer = [*tokenizer.encode(q.answer, add_special_tokens=False).ids, end]
+        start = int(np.flatnonzero(ids == IMAGE_TOKEN_INDEX)[0])
+        full = [*ids[:start], *([IMAGE_TOKEN_INDEX] * 18), *ids[start + 1 :], *answer]
+        length = int(mask[row].sum())
+        assert length == len(full)
+        text = [k for k, t in enumerate(full) if t != IMAGE_TOKEN_INDEX]
+        expected = model.decoder.embed(torch.tensor([full[k] for k in text]))
+        assert torch.equal(embeds[row, text], expected)
+        assert torch.equal(embeds[row, start : start + 18], torch.from_numpy(visual[video]))
+        got = targets[row, :length]
+        where = (got >= 0).nonzero().flatten().tolist()
+        # position p predicts token p + 1: exactly the answer and <|im_end|>
+        assert [full[p + 1] for p in where] == answer == got[where].tolist()
+
+
+@pytest.mark.parametrize("head", [0, 1, 2])
+def test_layer0_attention_is_the_decoders_own(toy_rows, monkeypatch, head):
+    data, _, model, questions = toy_rows
+    torch.manual_seed(0)
+    for p in model.decoder.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    visual = np.random.default_rng(1).standard_normal((len(data), 18, 128)).astype(np.float32)
+    items = [0, 1]
+    embeds, _, mask = questions.batch(model.decoder, visual, items)
+    seen = []
+    original = qwen2.grouped_attention
+
+    def spy(q, k, v, bias):  # the probabilities the decoder computes in layer 0
+        if not seen:
+            kv = head // (q.shape[1] // k.shape[1])
+            scores = q[:, head] @ k[:, kv].transpose(-1, -2) * q.shape[-1] ** -0.5
+            seen.append(torch.softmax(scores + bias[:, 0, 0], -1))
+        return original(q, k, v, bias)
+
+    monkeypatch.setattr(qwen2, "grouped_attention", spy)
+    with torch.no_grad():
+        T.decoder_logits(model.decoder, embeds, mask)
+        log_probs = T.attention_log_probs(model.decoder, embeds, head)
+    length = int(mask[0].sum())  # row 0 is the longest or equal: compare its real tokens
+    diff = (log_probs.exp() - seen[0])[:, :length, :length].abs().max().item()
+    print(f"head {head}: max |ours - decoder's| attention probability {diff:.2e}")
+    assert diff < 1e-5
+    start = len(questions.before)
+    lead = start + 18
+    asks = [lead + questions.prompt_lengths[i] - 1 for i in items]  # predicts the answer
+    # the frames-read loss: the mass on image tokens 12..15 from the answer position
+    late = T.frames_read_loss(log_probs, questions, np.asarray(items), lead, range(12, 16))
+    by_hand = [
+        -torch.log(log_probs[b, a, start + 12 : start + 16].exp().sum()) for b, a in enumerate(asks)
+    ]
+    assert abs(late.item() - torch.stack(by_hand).mean().item()) < 1e-5
+    # the question-word loss reads the mass on the colour/shape words from the answer position
+    read = T.question_word_loss(log_probs, questions, np.asarray(items), lead)
+    by_hand = []
+    for b, i in enumerate(items):
+        after = questions.ids[i, : questions.prompt_lengths[i]]
+        words = [lead + j for j, w in enumerate(questions.words[i]) if w]
+        if words:
+            assert all(questions.ids[i, j - lead] == after[j - lead] for j in words)
+            ask = lead + questions.prompt_lengths[i] - 1
+            by_hand.append(-torch.log(log_probs[b, ask, words].exp().sum()))
+    if by_hand:
+        assert abs(read.item() - torch.stack(by_hand).mean().item()) < 1e-5
+
+
+def test_question_words_are_the_named_colour_and_shape(toy_rows):
+    _, tokenizer, _, questions = toy_rows
+    for i in range(len(questions)):
+        prompt = tokenizer.decode(questions.ids[i, : questions.prompt_lengths[i]].tolist())
+        words = tokenizer.decode(questions.ids[i][questions.words[i]].tolist()).split()
+        named = [w.strip("?") for w in prompt.split() if w.strip("?") in (*td.COLOURS, *td.SHAPES)]
+        assert words == named, (prompt, words)
