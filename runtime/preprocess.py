@@ -96,6 +96,10 @@ def resize_bicubic_pil(
 ) -> np.ndarray:
     """PIL-exact `Image.resize((width, height), BICUBIC)` of an (H, W, C) uint8 array.
 
+    Horizontal pass first, as Pillow does for the CLIP crop's shortest-side resize; Pillow >= 13
+    runs the vertical pass first when the height shrinks much more than the width (tall frames
+    squashed to a square), up to ~25 levels apart.
+
     `crop` = (top, left, crop_height, crop_width) in the resized image: only those output pixels
     are computed (the same values PIL gives before cropping).
     """
