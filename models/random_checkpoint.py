@@ -35,6 +35,7 @@ from mvgpt.models.config import (
     VideoMambaConfig,
 )
 from mvgpt.models.random_tokenizer import build_tokenizer
+from mvgpt.runtime.preprocess import CLIP_MEAN, CLIP_STD
 
 SIZES = ("tiny", "0.5b", "1.5b")
 QWEN_15B = QwenConfig(
@@ -233,18 +234,30 @@ def write_random_checkpoint(
     clip.update(_clip_text_stub(gen, cfg.clip.hidden_size))
     save_file(clip, str(clip_dir / W_SINGLE), metadata=meta)
     (clip_dir / "config.json").write_text(json.dumps(_clip_config(cfg.clip), indent=2))
-    preprocessor = {
-        "crop_size": {"height": 224, "width": 224},
-        "do_center_crop": True,
-        "do_normalize": True,
-        "do_resize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "resample": 3,
-        "size": {"shortest_edge": 224},
-    }
+    preprocessor = preprocessor_config(cfg.clip)
     (clip_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     return ckpt_dir, clip_dir
+
+
+PREPROCESSOR = {  # openai/clip-vit-base-patch16's preprocessor_config.json values
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "image_mean": list(CLIP_MEAN),
+    "image_std": list(CLIP_STD),
+    "resample": 3,
+    "size": {"shortest_edge": 224},
+}
+
+
+def preprocessor_config(clip: ClipVisionConfig) -> dict:
+    """The CLIP folder's preprocessor_config.json: the official values, or (``center_crop``
+    off) the same processor squashing the whole frame to image_size x image_size."""
+    if clip.center_crop:
+        return dict(PREPROCESSOR)
+    side = {"height": clip.image_size, "width": clip.image_size}
+    return {**PREPROCESSOR, "do_center_crop": False, "crop_size": side, "size": side}
 
 
 def main(argv: list[str] | None = None) -> int:

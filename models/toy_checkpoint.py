@@ -20,32 +20,16 @@ from tokenizers import Tokenizer
 
 from mvgpt.models import weights as W
 from mvgpt.models.checkpoint import load_checkpoint
-from mvgpt.models.config import ClipVisionConfig
 from mvgpt.models.mobile_videogpt import MobileVideoGPT
-from mvgpt.models.random_checkpoint import _checkpoint_config, _clip_config
+from mvgpt.models.random_checkpoint import (
+    _checkpoint_config,
+    _clip_config,
+    preprocessor_config,
+)
 from mvgpt.models.toy_tokenizer import TOKENIZER_FILE, generation_config
 from mvgpt.runtime.errors import CheckpointError
 
 WEIGHTS_FILE = "model.safetensors"
-PREPROCESSOR = {  # openai/clip-vit-base-patch16's preprocessor_config.json values
-    "crop_size": {"height": 224, "width": 224},
-    "do_center_crop": True,
-    "do_normalize": True,
-    "do_resize": True,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "resample": 3,
-    "size": {"shortest_edge": 224},
-}
-
-
-def preprocessor_config(clip: ClipVisionConfig) -> dict:
-    """The CLIP folder's preprocessor_config.json: the official values, or (``center_crop``
-    off) the same processor squashing the whole frame to image_size x image_size."""
-    if clip.center_crop:
-        return dict(PREPROCESSOR)
-    side = {"height": clip.image_size, "width": clip.image_size}
-    return {**PREPROCESSOR, "do_center_crop": False, "crop_size": side, "size": side}
 
 
 def official_tensors(model: MobileVideoGPT) -> tuple[dict, dict]:

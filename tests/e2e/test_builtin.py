@@ -14,6 +14,7 @@ import pytest
 
 from mvgpt.runtime.default_model import BUILTIN_ENV, builtin_package, builtin_sample
 from tests.e2e.test_run_cli import FIELDS, _json_lines, run_cli
+from tests.unit.test_no_torch import import_blocker
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +82,10 @@ def test_missing_builtin_is_one_line(demo, sample, tmp_path, monkeypatch):
     assert "--model PKG" in lines[0]
 
 
-NO_TORCH = textwrap.dedent(
+NO_TORCH = import_blocker(
+    "torch", "onnx", "onnxscript", "transformers", "mvgpt.exporter", "mvgpt.models"
+) + textwrap.dedent(
     """
-    import sys
-
-    BLOCKED = ("torch", "onnx", "onnxscript", "transformers", "mvgpt.exporter", "mvgpt.models")
-
-    class Refuse:
-        def find_spec(self, name, path=None, target=None):
-            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-                raise ImportError(f"the runtime imported {name}")
-            return None
-
-    sys.meta_path.insert(0, Refuse())
     from mvgpt.runtime.cli import main
 
     assert main(["--demo", "--max-new-tokens", "2", "--threads", "1"]) == 0

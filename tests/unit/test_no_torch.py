@@ -11,19 +11,31 @@ import textwrap
 
 from tests.videos import make_video
 
-SCRIPT = textwrap.dedent(
+
+def import_blocker(*blocked: str) -> str:
+    """Python source that makes every later import of ``blocked`` (and their submodules) fail:
+    the first lines of a subprocess script that must run without them."""
+    return textwrap.dedent(
+        f"""
+        import sys
+
+        BLOCKED = {blocked!r}
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+                    raise ImportError(f"the runtime imported {{name}}")
+                return None
+
+        sys.meta_path.insert(0, Refuse())
+        """
+    )
+
+
+SCRIPT = import_blocker(
+    "torch", "torchvision", "mvgpt.exporter", "mvgpt.models", "transformers"
+) + textwrap.dedent(
     """
-    import sys
-
-    BLOCKED = ("torch", "torchvision", "mvgpt.exporter", "mvgpt.models", "transformers")
-
-    class Refuse:
-        def find_spec(self, name, path=None, target=None):
-            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
-                raise ImportError(f"the runtime imported {name}")
-            return None
-
-    sys.meta_path.insert(0, Refuse())
     from mvgpt.runtime import Pipeline
     from mvgpt.runtime.cli import main
 
