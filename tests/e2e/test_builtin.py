@@ -14,6 +14,7 @@ import pytest
 
 from mvgpt.runtime.default_model import BUILTIN_ENV, builtin_package, builtin_sample
 from tests.e2e.test_run_cli import FIELDS, _json_lines, run_cli
+from tests.emulation import AVX2_CPU, run_python
 from tests.unit.test_no_torch import import_blocker
 
 
@@ -38,10 +39,8 @@ def test_demo_answers_the_sample_questions(sample):
     expected = [q["answer"] for q in sample.questions]
     print(list(zip(kinds, answers, expected, strict=True)))
     checked = json.loads((sample.video.parent / "sample.json").read_text())["checked"]
-    assert {"colour", "shape", "count"} <= set(checked)
-    for kind, got, want in zip(kinds, answers, expected, strict=True):
-        if kind in checked:  # the kinds the shipped model answers (motion not yet: README)
-            assert got == want, (kind, got, want)
+    assert set(checked) == {"colour", "shape", "motion", "count"}
+    assert answers == expected
 
 
 def test_demo_prints_each_question_with_its_answer(sample):
@@ -108,9 +107,10 @@ def test_demo_needs_neither_torch_nor_onnx():
 
 
 ACCURACY_VIDEOS = 24  # held-out scenes past the sample's search, every question of each
-# per kind, through Pipeline on mp4 files (the README gives the full table); motion is not
-# learned by the shipped model (README: The built-in model), so it is measured, not asserted
-MIN_ACCURACY = {"colour": 0.85, "shape": 0.85, "count": 0.85}
+# per kind, through Pipeline on mp4 files (the README gives the full table: about 97% colour and
+# shape, 92% count, 73% motion on 200 videos); the floors leave room for 24 videos' spread
+MIN_ACCURACY = {"colour": 0.85, "shape": 0.85, "motion": 0.55, "count": 0.8}
+STREAM_KINDS = ("colour", "shape", "count")  # what tells two scenes apart for sure
 
 
 def test_builtin_answers_held_out_videos(tmp_path):
@@ -163,7 +163,7 @@ def test_stream_answers_before_and_after_the_scene_changes():
     fps, seconds = 10, 16.0
 
     def asked(scene):
-        return [q for q in tv.questions(scene) if q.type in MIN_ACCURACY]  # motion: not learned
+        return [q for q in tv.questions(scene) if q.type in STREAM_KINDS]
 
     def answered_from_frames(scene, size):
         """Scenes the model answers right from the window's 16 frames given as an array (the
@@ -203,3 +203,44 @@ def test_stream_answers_before_and_after_the_scene_changes():
         print(f"window {part}:", answers)
         assert all(got == want for _, got, want, _ in answers), answers
     assert replies[0][0][3][1] < seconds <= replies[1][0][3][0]  # the second window is all scene B
+
+
+CROSS_CPU_SCRIPT = r"""
+import json
+from mvgpt import kernels
+from mvgpt.runtime.default_model import builtin_package, builtin_sample
+from mvgpt.runtime.pipeline import Pipeline
+
+pipe = Pipeline.load(builtin_package(), threads=1)  # no spinning workers under emulation
+sample = builtin_sample()
+encoding = pipe.encode(sample.video)
+answers = [pipe.answer(encoding, q["question"]) for q in sample.questions]
+print(json.dumps({
+    "token_ids": [list(a.token_ids) for a in answers],
+    "visual": encoding.visual.tolist(),
+    "scan": kernels.last_isa("SelectiveScan"),
+    "attention": kernels.last_isa("GroupQueryAttention"),
+    "cpu": kernels.cpu_isas(),
+}))
+"""
+
+
+def test_builtin_answers_the_same_on_an_avx2_cpu():
+    """The built-in model's answers do not depend on the CPU (issue 11): the sample's questions
+    natively and on qemu's Haswell model (AVX2 + FMA, no AVX-512), whose kernel paths are
+    checked to be the AVX2 ones."""
+    import numpy as np
+
+    native = json.loads(run_python(["-c", CROSS_CPU_SCRIPT]).strip().splitlines()[-1])
+    emulated = json.loads(
+        run_python(["-c", CROSS_CPU_SCRIPT], cpu=AVX2_CPU).strip().splitlines()[-1]
+    )
+    diff = np.abs(np.asarray(native["visual"]) - np.asarray(emulated["visual"])).max()
+    print(f"native ({native['scan']}/{native['attention']}): {native['token_ids']}")
+    print(f"emulated {AVX2_CPU} ({emulated['scan']}/{emulated['attention']}): "
+          f"{emulated['token_ids']}; visual tokens max |diff| {diff:.2e}")  # fmt: skip
+    assert emulated["cpu"] == ["scalar", "avx2"], emulated["cpu"]
+    assert emulated["scan"] == "avx2" and emulated["attention"] in ("avx2", "onnxruntime")
+    assert native["scan"] == native["cpu"][-1]  # the widest path this CPU has
+    assert diff < 1e-3  # fp32 with another summation order
+    assert emulated["token_ids"] == native["token_ids"]

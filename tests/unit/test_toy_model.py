@@ -164,3 +164,45 @@ def test_question_words_are_the_named_colour_and_shape(toy_rows):
         words = tokenizer.decode(questions.ids[i][questions.words[i]].tolist()).split()
         named = [w.strip("?") for w in prompt.split() if w.strip("?") in (*td.COLOURS, *td.SHAPES)]
         assert words == named, (prompt, words)
+
+
+def test_direction_targets_are_the_motion_answers(toy_rows):
+    data, _, _, questions = toy_rows
+    asked = [q for qs in data.questions for q in qs]
+    assert len(asked) == len(questions)
+    for i, q in enumerate(asked):
+        expected = td.DIRECTIONS.index(q.answer) if q.type == "motion" else -1
+        assert questions.direction[i] == expected, q
+        # the class a motion question names has that direction in the scene
+        if q.type == "motion":
+            assert data.directions[questions.video[i]][1 + questions.asked[i]] == expected
+
+
+def test_token_report_and_patch_centres():
+    rng = np.random.default_rng(0)
+    cover = np.zeros((40, 7, 7, 13), np.float32)
+    cover[..., 0] = 1.0
+    for n in range(40):  # one object of a random class on a random 1x1..3x3 patch block
+        c, y, x, k = rng.integers(1, 13), rng.integers(0, 5), rng.integers(0, 5), rng.integers(1, 4)
+        cover[n, y : y + k, x : x + k, c], cover[n, y : y + k, x : x + k, 0] = 1.0, 0.0
+    truth = summary(cover)
+    tokens = np.concatenate([np.where(truth[:, :CLASSES] > 0, 4.0, -4.0), truth[:, CLASSES:]], 1)
+    perfect = T.token_report(tokens, truth)
+    print("perfect tokens:", perfect)
+    assert perfect == {"presence": 1.0, "area": 1.0, "x": 1.0, "y": 1.0}
+    shuffled = tokens.copy()
+    shuffled[:, 2 * CLASSES : 3 * CLASSES] = rng.permutation(shuffled[:, 2 * CLASSES : 3 * CLASSES])
+    assert abs(T.token_report(shuffled, truth)["x"]) < 0.5
+    # the keep-position targets are the patch centres summary() weights positions with
+    features = torch.zeros(1, 49, 4)
+    head = torch.nn.Linear(4, 2)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    xs, ys = T._patch_centres(7)
+    expected = float(np.mean(np.concatenate([xs.ravel(), ys.ravel()]) ** 2)) * T.KEEP_POSITION
+    assert abs(T.keep_position_loss(head, features).item() - expected) < 1e-5
+    one = np.zeros((7, 7, 13), np.float32)
+    one[2, 5, 1] = 1.0
+    s = summary(one)
+    assert np.isclose(s[2 * CLASSES] / s[CLASSES], xs[2, 5])
+    assert np.isclose(s[3 * CLASSES] / s[CLASSES], ys[2, 5])
