@@ -103,7 +103,7 @@ def toy_config(vocab_size: int, size: ToySize | None = None) -> MobileVideoGPTCo
     return MobileVideoGPTConfig(qwen=qwen, clip=clip, video_mamba=mamba, projector=projector)
 
 
-def _centres(side: int) -> tuple[np.ndarray, np.ndarray]:
+def patch_centres(side: int) -> tuple[np.ndarray, np.ndarray]:
     """(side, side) x and y of each patch centre in [-1, 1]."""
     c = (np.arange(side) + 0.5) / side * 2.0 - 1.0
     ys, xs = np.meshgrid(c, c, indexing="ij")
@@ -113,7 +113,7 @@ def _centres(side: int) -> tuple[np.ndarray, np.ndarray]:
 def summary(cover: np.ndarray) -> np.ndarray:
     """(..., side, side, 13) per-patch class cover -> (..., SUMMARY) token targets."""
     cover = np.asarray(cover, np.float32)[..., 1:]  # drop the background
-    xs, ys = _centres(cover.shape[-2])
+    xs, ys = patch_centres(cover.shape[-2])
     area = cover.mean((-3, -2))
     x = (cover * xs[..., None]).mean((-3, -2))
     y = (cover * ys[..., None]).mean((-3, -2))
@@ -126,7 +126,7 @@ def patch_summary(cover: np.ndarray) -> np.ndarray:
     area and position channels per patch, whose mean over the patches is ``summary``'s (the
     ETP's MLP is taught these per patch; its pooling then gives the token's)."""
     cover = np.asarray(cover, np.float32)[..., 1:]
-    xs, ys = _centres(cover.shape[-2])
+    xs, ys = patch_centres(cover.shape[-2])
     channels = [AREA * cover, AREA * cover * xs[..., None], AREA * cover * ys[..., None]]
     out = np.concatenate(channels, axis=-1)
     return out.reshape(*out.shape[:-3], -1, out.shape[-1])

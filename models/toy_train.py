@@ -50,6 +50,7 @@ from mvgpt.models.toy_model import (
     CLASSES,
     SUMMARY,
     ToySize,
+    patch_centres,
     patch_summary,
     summary,
     toy_config,
@@ -136,16 +137,10 @@ def keep_position_loss(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
     of the tokens are made from (without it the toy CLIP's last features lose it: patch x/y
     linear R^2 0.13/0.18 and token x/y channels uncorrelated with the truth)."""
     side = math.isqrt(features.shape[-2])
-    xs, ys = _patch_centres(side)
+    xs, ys = patch_centres(side)
     target = torch.from_numpy(np.stack([xs.ravel(), ys.ravel()], -1))  # (P, 2)
     pred = head(features)
     return F.mse_loss(pred, target.expand_as(pred)) * KEEP_POSITION
-
-
-def _patch_centres(side: int) -> tuple[np.ndarray, np.ndarray]:
-    c = ((np.arange(side) + 0.5) / side * 2.0 - 1.0).astype(np.float32)
-    ys, xs = np.meshgrid(c, c, indexing="ij")
-    return xs, ys
 
 
 def token_report(tokens: np.ndarray, target: np.ndarray) -> dict[str, float]:

@@ -14,7 +14,7 @@ from mvgpt.models import toy_train as T
 from mvgpt.models import toy_videos as tv
 from mvgpt.models.chunked_scan import selective_scan_chunked
 from mvgpt.models.scan import selective_scan_ref
-from mvgpt.models.toy_model import AREA, CLASSES, SUMMARY, summary
+from mvgpt.models.toy_model import AREA, CLASSES, SUMMARY, patch_centres, summary
 from mvgpt.models.toy_tokenizer import build_tokenizer
 from mvgpt.runtime.preprocess import preprocess_clip, preprocess_video_mamba
 from mvgpt.runtime.prompt import IMAGE_TOKEN_INDEX, prompt_ids
@@ -198,7 +198,7 @@ def test_token_report_and_patch_centres():
     head = torch.nn.Linear(4, 2)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
-    xs, ys = T._patch_centres(7)
+    xs, ys = patch_centres(7)
     expected = float(np.mean(np.concatenate([xs.ravel(), ys.ravel()]) ** 2)) * T.KEEP_POSITION
     assert abs(T.keep_position_loss(head, features).item() - expected) < 1e-5
     one = np.zeros((7, 7, 13), np.float32)
