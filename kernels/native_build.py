@@ -222,10 +222,10 @@ def compile_command(
     return [*cmd, *map(str, sources), "-o", str(output), "-pthread"]
 
 
-def find_tool(name: str) -> str | None:
-    """``cmake`` or ``ninja``: on PATH, else the binary of the Python package of that name (a
-    build requirement in pyproject.toml), else None."""
-    found = shutil.which(name)
+def find_tool(name: str, on_path: bool = True) -> str | None:
+    """``cmake`` or ``ninja``: on PATH (unless ``on_path`` is false), else the binary of the
+    Python package of that name (a build requirement in pyproject.toml), else None."""
+    found = shutil.which(name) if on_path else None
     if found:
         return found
     try:

@@ -37,10 +37,12 @@ def _pip(python: Path | str, *args: str, env: dict | None = None) -> subprocess.
 
 
 def _tools_only_path(folder: Path) -> str:
-    """A PATH folder with cmake and ninja only (no compiler)."""
+    """A PATH folder with cmake and ninja only (no compiler): the Python packages' binaries
+    where installed (what is on PATH may be a wrapper script that needs the rest of PATH, as
+    pyenv's shims do)."""
     folder.mkdir(parents=True, exist_ok=True)
     for tool in ("cmake", "ninja"):
-        found = find_tool(tool)
+        found = find_tool(tool, on_path=False) or find_tool(tool)
         if found:
             (folder / tool).symlink_to(found)
     return str(folder)
