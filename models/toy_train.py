@@ -309,7 +309,7 @@ class Questions:
 
     def __init__(self, data: td.Dataset, tokenizer, num_visual: int):
         end = tokenizer.token_to_id("<|im_end|>")
-        rows, texts = [], []
+        rows, texts, answers = [], [], []
         self.before = None
         for v, asked in enumerate(data.questions):
             for q in asked:
@@ -320,6 +320,7 @@ class Questions:
                 answer = [*tokenizer.encode(q.answer, add_special_tokens=False).ids, end]
                 rows.append((v, after, answer, q.type))
                 texts.append(q.question)
+                answers.append(q.answer)
         length = max(len(after) + len(answer) for _, after, answer, _ in rows)
         self.ids = np.zeros((len(rows), length), np.int64)  # after + answer, right-padded
         self.targets = np.full((len(rows), length), -100, np.int64)  # next-token targets
@@ -342,8 +343,8 @@ class Questions:
         self.types = [r[3] for r in rows]
         self.direction = np.asarray(  # the motion answer's index in DIRECTIONS, -1 otherwise
             [
-                td.DIRECTIONS.index(tokenizer.decode(r[2][:-1]).strip()) if r[3] == "motion" else -1
-                for r in rows
+                td.DIRECTIONS.index(a) if t == "motion" else -1
+                for a, t in zip(answers, self.types, strict=True)
             ]
         )
         self.num_visual = num_visual
