@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mvgpt.runtime import manifest as M
     from mvgpt.runtime.decoder import PREFILL_CHUNK, Decoder
-    from mvgpt.runtime.package import read_manifest
+    from mvgpt.runtime.package import read_manifest, stage_io
     from mvgpt.runtime.prompt import manifest_prompt_ids, split_visual
     from mvgpt.runtime.sessions import library_available, session_options
 
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         embeds = 0.02 * rng.standard_normal((1, prompt_length, dims["hidden"]), np.float32)
         layers, kv_heads = dims["layers"], int(man[M.K_DECODER]["num_key_value_heads"])
         head_dim = int(man[M.K_DECODER]["head_dim"])
-        decoder = Decoder(s, man[M.K_DECODER])  # the runtime's way: cache bound in place
+        decoder = Decoder(s, man[M.K_DECODER], stage_io(man, M.DECODER))  # the runtime's way
         step = chunk or prompt_length
 
         def prefill() -> None:

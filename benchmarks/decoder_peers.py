@@ -131,6 +131,7 @@ class OnnxEngine:
 
         from mvgpt.runtime import manifest as M
         from mvgpt.runtime.decoder import PREFILL_CHUNK, Decoder
+        from mvgpt.runtime.package import stage_io
         from mvgpt.runtime.sessions import session_options
 
         stages = manifest[M.K_STAGES]
@@ -145,7 +146,7 @@ class OnnxEngine:
         session = ort.InferenceSession(
             str(folder / file), session_options(threads, custom_op=op), ["CPUExecutionProvider"]
         )
-        self.decoder = Decoder(session, manifest["decoder"])
+        self.decoder = Decoder(session, manifest["decoder"], stage_io(manifest, M.DECODER))
         self.chunk = chunk or PREFILL_CHUNK
         self.capacity = capacity  # KV cache positions: prompt + decoded tokens
 

@@ -103,7 +103,7 @@ def check_quantized(
             feeds = _feeds(ref_sess, rng)
             if key == M.EMBED_TOKENS:
                 vocab = _vocab_size(fp32_dir / files[M.DECODER])
-                feeds = {"input_ids": rng.integers(0, vocab, (2, PREFILL_TOKENS), dtype=np.int64)}
+                feeds = {M.R_INPUT_IDS: rng.integers(0, vocab, (2, PREFILL_TOKENS), dtype=np.int64)}
             elif key == M.IMAGE_PROJECTOR and M.CLIP_VISION in upstream:
                 feeds = {ref_sess.get_inputs()[0].name: upstream[M.CLIP_VISION]}
             elif key == M.VIDEO_PROJECTOR and M.VIDEO_MAMBA in upstream:
@@ -124,7 +124,7 @@ def _vocab_size(decoder: Path) -> int:
     import onnx
 
     graph = onnx.load(str(decoder), load_external_data=False).graph
-    logits = next(o for o in graph.output if o.name == "logits")
+    logits = next(o for o in graph.output if o.name == M.R_LOGITS)
     return logits.type.tensor_type.shape.dim[2].dim_value
 
 
@@ -136,10 +136,10 @@ def _decoder_logits(sess, embed_sess, ids, forced=None):
     empty = np.zeros((1, kv_heads, 0, head_dim), np.float32)
 
     def step(ids, start, past):
-        embeds = embed_sess.run(None, {"input_ids": ids})[0]
+        embeds = embed_sess.run(None, {M.R_INPUT_IDS: ids})[0]
         feeds = {
-            "inputs_embeds": embeds,
-            "attention_mask": np.ones((1, start + ids.shape[1]), np.int64),
+            M.R_INPUTS_EMBEDS: embeds,
+            M.R_ATTENTION_MASK: np.ones((1, start + ids.shape[1]), np.int64),
             M.NUM_LOGITS_TO_KEEP: np.array(0, np.int64),
         }
         feeds.update(past or {a.name: empty for a in pasts})

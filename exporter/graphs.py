@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from mvgpt.exporter.wrappers import GraphSpec
+from mvgpt.runtime import manifest as M
 from mvgpt.runtime.manifest import IR_VERSION, OPSET
 
 # tensors above 4 KiB (Constant nodes' included) go to <file>.data: the .onnx files stay small,
@@ -46,6 +47,19 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
     )
     if data.exists() and data.stat().st_size == 0:
         data.unlink()
+
+
+def stamp_graph(path: Path, stage: str, variant: str) -> None:
+    """Write the stage's name, the schema version and the variant (manifest G_MAIN or G_PORTABLE)
+    into the graph's ONNX metadata, which a runtime checks at load; the nodes and the external
+    weights stay as they are (only the .onnx file is rewritten)."""
+    model = onnx.load(str(path), load_external_data=False)
+    props = {M.G_STAGE: stage, M.G_SCHEMA_VERSION: str(M.SCHEMA_VERSION), M.G_VARIANT: variant}
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        model.metadata_props.add(key=key, value=value)
+    path.write_bytes(model.SerializeToString())
 
 
 class ExternalData:

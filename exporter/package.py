@@ -23,7 +23,7 @@ from pathlib import Path
 
 import onnx
 
-from mvgpt.exporter.graphs import export_graph, graph_bytes
+from mvgpt.exporter.graphs import export_graph, graph_bytes, stamp_graph
 from mvgpt.exporter.quantize import MIN_COSINE, PRECISIONS, manifest_entry, quantize_package
 from mvgpt.exporter.scan_op import ScanOp, register_onnx_symbolic
 from mvgpt.exporter.validate import (
@@ -40,7 +40,7 @@ from mvgpt.models.mobile_videogpt import MobileVideoGPT
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import ExportError
 from mvgpt.runtime.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from mvgpt.runtime.prompt import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, SYSTEM_PROMPT
+from mvgpt.runtime.prompt import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, STOP_STRING, SYSTEM_PROMPT
 
 
 def write_portable_graphs(staging: Path, files: dict[str, str]) -> None:
@@ -178,7 +178,10 @@ def build_manifest(
             M.S_INPUTS: [t.to_dict() for t in spec.inputs],
             M.S_OUTPUTS: [t.to_dict() for t in spec.outputs],
         }
-        if spec.stage in M.CUSTOM_OP_STAGES:
+        op = M.CUSTOM_OP_STAGES.get(spec.stage)
+        entry[M.S_CUSTOM_OP] = None if op is None else {"domain": M.CUSTOM_OP_DOMAIN, "op_type": op}
+        entry[M.S_SESSION_CONFIG] = dict(M.CUSTOM_OP_SESSION_CONFIG.get(op, {}))
+        if op is not None:
             entry[M.S_PORTABLE_FILE] = M.portable_file(spec.stage)
         stages[spec.stage] = entry
     size = cfg.clip.image_size
@@ -214,11 +217,13 @@ def build_manifest(
             "num_select_k_frames_in_chunk": cfg.selection.num_select_k_frames_in_chunk,
         },
         M.K_PROMPT: {
-            "system": SYSTEM_PROMPT,
-            "image_placeholder": IMAGE_PLACEHOLDER,
-            "num_image_placeholders": cfg.selection.num_frames,
-            "num_image_sentinels": cfg.selection.num_selected,
-            "image_token_index": IMAGE_TOKEN_INDEX,
+            M.PR_TEMPLATE: M.CHATML_TEMPLATE,
+            M.PR_SYSTEM: SYSTEM_PROMPT,
+            M.PR_PLACEHOLDER: IMAGE_PLACEHOLDER,
+            M.PR_NUM_PLACEHOLDERS: cfg.selection.num_frames,
+            M.PR_NUM_SENTINELS: cfg.selection.num_selected,
+            M.PR_TOKEN_INDEX: IMAGE_TOKEN_INDEX,
+            M.PR_STOP: STOP_STRING,
         },
         M.K_TOKENS: tokens,
         M.K_GENERATION: {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, **generation},
@@ -335,6 +340,10 @@ def _export_into(
         quant_checks = quantize_package(staging, files, precision, progress, min_cosine)
         manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks, min_cosine)
         write_portable_graphs(staging, files)  # from the quantized graphs
+    for stage, name in files.items():
+        stamp_graph(staging / name, stage, M.G_MAIN)
+    for stage in M.CUSTOM_OP_STAGES:
+        stamp_graph(staging / M.portable_file(stage), stage, M.G_PORTABLE)
     # a portable graph's bytes are its graph only: it reads its main graph's data file
     graphs = [*files.values(), *(M.portable_file(stage) for stage in M.CUSTOM_OP_STAGES)]
     manifest[M.K_SIZES] = {name: graph_bytes(staging / name) for name in graphs}

@@ -17,12 +17,21 @@ from mvgpt.runtime import manifest as M
 
 @dataclass(frozen=True)
 class TensorSpec:
-    name: str
+    role: str  # manifest.R_*: what the tensor is to a runtime
     dtype: str  # numpy dtype name
     shape: tuple  # ints or symbolic names
+    layer: int | None = None  # the decoder's cache tensors: their layer
+
+    @property
+    def name(self) -> str:
+        """The graph's name for the tensor: its role's (with the layer, for cache tensors)."""
+        return self.role if self.layer is None else M.cache_name(self.role, self.layer)
 
     def to_dict(self) -> dict:
-        return {M.S_NAME: self.name, M.S_DTYPE: self.dtype, M.S_SHAPE: list(self.shape)}
+        entry = {M.S_NAME: self.name, M.S_ROLE: self.role}
+        if self.layer is not None:
+            entry[M.S_LAYER] = self.layer
+        return {**entry, M.S_DTYPE: self.dtype, M.S_SHAPE: list(self.shape)}
 
 
 @dataclass
@@ -132,8 +141,8 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
         GraphSpec(
             M.CLIP_VISION,
             ClipVisionGraph(model),
-            [TensorSpec("pixel_values", f32, ("num_frames", 3, size, size))],
-            [TensorSpec("image_features", f32, ("num_frames", patches, clip.hidden_size))],
+            [TensorSpec(M.R_PIXEL_VALUES, f32, ("num_frames", 3, size, size))],
+            [TensorSpec(M.R_IMAGE_FEATURES, f32, ("num_frames", patches, clip.hidden_size))],
             (pixel,),
         ),
         GraphSpec(
@@ -141,54 +150,51 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
             FrameScorerGraph(model),
             [
                 TensorSpec(
-                    "image_features",
+                    M.R_IMAGE_FEATURES,
                     f32,
                     ("num_chunks", frames_per_chunk * patches, clip.hidden_size),
                 )
             ],
-            [TensorSpec("frame_scores", f32, ("num_chunks", frames_per_chunk))],
+            [TensorSpec(M.R_FRAME_SCORES, f32, ("num_chunks", frames_per_chunk))],
             (torch.randn(sel.num_chunks, frames_per_chunk * patches, clip.hidden_size),),
         ),
         GraphSpec(
             M.VIDEO_MAMBA,
             VideoMambaGraph(model),
-            [TensorSpec("pixel_values", f32, (1, 3, vm.num_frames, vm.img_size, vm.img_size))],
-            [TensorSpec("video_features", f32, (vm.num_frames, vm.num_patches, vm.embed_dim))],
+            [TensorSpec(M.R_PIXEL_VALUES, f32, (1, 3, vm.num_frames, vm.img_size, vm.img_size))],
+            [TensorSpec(M.R_VIDEO_FEATURES, f32, (vm.num_frames, vm.num_patches, vm.embed_dim))],
             (torch.randn(1, 3, vm.num_frames, vm.img_size, vm.img_size),),
         ),
         GraphSpec(
             M.IMAGE_PROJECTOR,
             ProjectorGraph(model.image_projector),
-            [TensorSpec("image_features", f32, ("num_frames", patches, proj.image_in))],
-            [TensorSpec("image_tokens", f32, ("num_frames", proj.image_grid**2, hidden))],
+            [TensorSpec(M.R_IMAGE_FEATURES, f32, ("num_frames", patches, proj.image_in))],
+            [TensorSpec(M.R_IMAGE_TOKENS, f32, ("num_frames", proj.image_grid**2, hidden))],
             (torch.randn(sel.num_frames, patches, proj.image_in),),
         ),
         GraphSpec(
             M.VIDEO_PROJECTOR,
             ProjectorGraph(model.video_projector),
-            [TensorSpec("video_features", f32, (vm.num_frames, vm.num_patches, proj.video_in))],
-            [TensorSpec("video_tokens", f32, (sel.num_chunks, proj.video_grid**2, hidden))],
+            [TensorSpec(M.R_VIDEO_FEATURES, f32, (vm.num_frames, vm.num_patches, proj.video_in))],
+            [TensorSpec(M.R_VIDEO_TOKENS, f32, (sel.num_chunks, proj.video_grid**2, hidden))],
             (torch.randn(vm.num_frames, vm.num_patches, proj.video_in),),
         ),
         GraphSpec(
             M.EMBED_TOKENS,
             EmbedTokensGraph(model),
-            [TensorSpec("input_ids", i64, ("batch", "sequence"))],
-            [TensorSpec("inputs_embeds", f32, ("batch", "sequence", hidden))],
+            [TensorSpec(M.R_INPUT_IDS, i64, ("batch", "sequence"))],
+            [TensorSpec(M.R_INPUTS_EMBEDS, f32, ("batch", "sequence", hidden))],
             (torch.randint(0, qwen.vocab_size, (1, 5)),),
         ),
     ]
     kv, hd, layers = qwen.num_key_value_heads, qwen.head_dim, qwen.num_hidden_layers
     past_in, present_out, past_example = [], [], []
     for i in range(layers):
-        for name, present in (
-            (M.past_key_name(i), M.present_key_name(i)),
-            (M.past_value_name(i), M.present_value_name(i)),
-        ):
+        for past, present in zip(M.CACHE_INPUT_ROLES, M.CACHE_OUTPUT_ROLES, strict=True):
             # past: the cache buffer, at least the positions in use; present: the buffer again
             # when it is bound to past (shared), else max(buffer, positions in use) long
-            past_in.append(TensorSpec(name, f32, ("batch", kv, "past_buffer", hd)))
-            present_out.append(TensorSpec(present, f32, ("batch", kv, "present_buffer", hd)))
+            past_in.append(TensorSpec(past, f32, ("batch", kv, "past_buffer", hd), i))
+            present_out.append(TensorSpec(present, f32, ("batch", kv, "present_buffer", hd), i))
             past_example.append(torch.randn(1, kv, 3, hd))
     seq = 4
     specs.append(
@@ -196,12 +202,12 @@ def graph_specs(model: MobileVideoGPT) -> list[GraphSpec]:
             M.DECODER,
             DecoderGraph(model),
             [
-                TensorSpec("inputs_embeds", f32, ("batch", "sequence", hidden)),
-                TensorSpec("attention_mask", i64, ("batch", "total_sequence")),
+                TensorSpec(M.R_INPUTS_EMBEDS, f32, ("batch", "sequence", hidden)),
+                TensorSpec(M.R_ATTENTION_MASK, i64, ("batch", "total_sequence")),
                 *past_in,
-                TensorSpec(M.NUM_LOGITS_TO_KEEP, i64, ()),
+                TensorSpec(M.R_NUM_LOGITS_TO_KEEP, i64, ()),
             ],
-            [TensorSpec("logits", f32, ("batch", "sequence", qwen.vocab_size)), *present_out],
+            [TensorSpec(M.R_LOGITS, f32, ("batch", "sequence", qwen.vocab_size)), *present_out],
             (
                 torch.randn(1, seq, hidden),
                 torch.ones(1, 3 + seq, dtype=torch.int64),

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from . import manifest as M
 from .errors import MvgptError
+from .package import StageIO
 from .sampling import Sampler
 
 PREFILL_CHUNK = 256  # positions per prefill run: bounds the attention scores' memory
@@ -59,18 +60,15 @@ class Decoder:
     """The decoder session run the runtime's way: each call binds the KV cache's buffers as past
     and present (written in place) and gets the last position's logits only."""
 
-    def __init__(self, session: ort.InferenceSession, decoder_cfg: dict) -> None:
+    def __init__(self, session: ort.InferenceSession, decoder_cfg: dict, io: StageIO) -> None:
+        """``io``: the decoder's tensors by role (package.stage_io)."""
         self.session = session
         self.layers = int(decoder_cfg["num_hidden_layers"])
         self.kv_heads = int(decoder_cfg["num_key_value_heads"])
         self.head_dim = int(decoder_cfg["head_dim"])
-        self._names = [
-            (
-                (M.past_key_name(i), M.present_key_name(i)),
-                (M.past_value_name(i), M.present_value_name(i)),
-            )
-            for i in range(self.layers)
-        ]
+        self._io = io
+        # per layer, (past, present) names of the keys, then of the values
+        self._names = [((pk, nk), (pv, nv)) for pk, pv, nk, nv in io.cache]
         self._logits = np.empty((1, 1, int(decoder_cfg["vocab_size"])), np.float32)
         self._logits_value = ort.OrtValue.ortvalue_from_numpy(self._logits)
         self._keep_last = np.array(1, np.int64)
@@ -90,15 +88,17 @@ class Decoder:
                 "lower max_new_tokens"
             )
         binding = self.session.io_binding()
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
-        binding.bind_cpu_input("attention_mask", np.ones((1, total), np.int64))
-        binding.bind_cpu_input(M.NUM_LOGITS_TO_KEEP, self._keep_last)
+        ins = self._io.inputs
+        embeds = np.ascontiguousarray(embeds, dtype=np.float32)
+        binding.bind_cpu_input(ins[M.R_INPUTS_EMBEDS], embeds)
+        binding.bind_cpu_input(ins[M.R_ATTENTION_MASK], np.ones((1, total), np.int64))
+        binding.bind_cpu_input(ins[M.R_NUM_LOGITS_TO_KEEP], self._keep_last)
         for layer, names in enumerate(self._names):
             for kind, (past, present) in enumerate(names):
                 value = cache.ort_values[layer][kind]
                 binding.bind_ortvalue_input(past, value)
                 binding.bind_ortvalue_output(present, value)
-        binding.bind_ortvalue_output("logits", self._logits_value)
+        binding.bind_ortvalue_output(self._io.outputs[M.R_LOGITS], self._logits_value)
         self.session.run_with_iobinding(binding)
         cache.length = total
         return self._logits[0, -1]

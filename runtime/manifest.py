@@ -1,5 +1,6 @@
 """Every key of ``manifest.json``, defined once: the exporter writes with these names and the
-runtime reads with them (like gguf-py's constants). Reading and validation live here too.
+runtimes read with them (like gguf-py's constants); runtime/PACKAGE.md describes the format in
+words for runtimes in other languages (tests/unit/test_package.py checks it names every key).
 
 Layout of a package folder::
 
@@ -11,7 +12,10 @@ Layout of a package folder::
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: decoder attention is GroupQueryAttention, its KV cache one shared buffer
+# 2: decoder attention is GroupQueryAttention, its KV cache one shared buffer
+# 3: tensors named by role, per-stage custom op and session config, the prompt template, and each
+#    graph's stage and schema version in its ONNX metadata (runtime/PACKAGE.md)
+SCHEMA_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -52,11 +56,37 @@ Q_TOP1 = "top1_agreement"  # decoder only: argmax of logits agrees with fp32
 # keys of a stage entry
 S_FILE = "file"
 S_PORTABLE_FILE = "portable_file"  # video_mamba and decoder: the graph without mvgpt ops
-S_INPUTS = "inputs"  # [{name, dtype, shape}] ; shape items are ints or symbolic names
+S_CUSTOM_OP = "custom_op"  # {domain, op_type} the main graph needs (the library), or null
+S_SESSION_CONFIG = "session_config"  # {key: value} session config entries of the main graph
+S_INPUTS = "inputs"  # [{name, role, dtype, shape, (layer)}]; shape items: ints or symbolic names
 S_OUTPUTS = "outputs"
 S_NAME = "name"
+S_ROLE = "role"  # what the tensor is to a runtime (the R_* values below); the name is the graph's
+S_LAYER = "layer"  # the decoder's cache tensors: which layer's keys or values
 S_DTYPE = "dtype"
 S_SHAPE = "shape"
+
+# prompt keys (the ChatML template: {system}, {images} - num_image_placeholders times
+# image_placeholder -, then {question}; the text between placeholders is tokenized piece by piece)
+PR_TEMPLATE = "template"
+PR_SYSTEM = "system"
+PR_PLACEHOLDER = "image_placeholder"
+PR_NUM_PLACEHOLDERS = "num_image_placeholders"
+PR_NUM_SENTINELS = "num_image_sentinels"
+PR_TOKEN_INDEX = "image_token_index"
+PR_STOP = "stop_string"
+CHATML_TEMPLATE = (
+    "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{images}\n{question}<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+TEMPLATE_FIELDS = ("{system}", "{images}", "{question}")  # each exactly once, in this order
+
+# the ONNX metadata (metadata_props) every graph of a package carries, checked at load
+G_STAGE = "mvgpt.stage"  # the stage name
+G_SCHEMA_VERSION = "mvgpt.schema_version"  # str(SCHEMA_VERSION)
+G_VARIANT = "mvgpt.variant"  # G_MAIN or G_PORTABLE
+G_MAIN = "main"
+G_PORTABLE = "portable"
 
 # preprocessing keys
 P_SIZE = "size"
@@ -85,7 +115,37 @@ STAGES = (
     DECODER,
 )
 
-NUM_LOGITS_TO_KEEP = "num_logits_to_keep"  # decoder input: logits of the last k only, 0: all
+# tensor roles (S_ROLE); the exporter names each graph tensor after its role (the cache tensors
+# after role and layer: past_key_name ...), but a runtime finds tensors by role, never by name
+R_PIXEL_VALUES = "pixel_values"  # clip_vision (F,3,S,S), video_mamba (1,3,T,S,S): float32
+R_IMAGE_FEATURES = "image_features"  # clip_vision out, frame_scorer and image_projector in
+R_FRAME_SCORES = "frame_scores"
+R_VIDEO_FEATURES = "video_features"  # video_mamba out, video_projector in
+R_IMAGE_TOKENS = "image_tokens"
+R_VIDEO_TOKENS = "video_tokens"
+R_INPUT_IDS = "input_ids"
+R_INPUTS_EMBEDS = "inputs_embeds"  # embed_tokens out, decoder in
+R_ATTENTION_MASK = "attention_mask"
+R_NUM_LOGITS_TO_KEEP = "num_logits_to_keep"  # decoder input: logits of the last k only, 0: all
+R_LOGITS = "logits"
+R_PAST_KEY = "past_key"  # per layer (S_LAYER)
+R_PAST_VALUE = "past_value"
+R_PRESENT_KEY = "present_key"
+R_PRESENT_VALUE = "present_value"
+CACHE_INPUT_ROLES = (R_PAST_KEY, R_PAST_VALUE)
+CACHE_OUTPUT_ROLES = (R_PRESENT_KEY, R_PRESENT_VALUE)
+NUM_LOGITS_TO_KEEP = R_NUM_LOGITS_TO_KEEP  # (its graph name too)
+
+# every stage's (input roles, output roles), the decoder's per-layer cache roles besides
+STAGE_ROLES = {
+    CLIP_VISION: ((R_PIXEL_VALUES,), (R_IMAGE_FEATURES,)),
+    FRAME_SCORER: ((R_IMAGE_FEATURES,), (R_FRAME_SCORES,)),
+    VIDEO_MAMBA: ((R_PIXEL_VALUES,), (R_VIDEO_FEATURES,)),
+    IMAGE_PROJECTOR: ((R_IMAGE_FEATURES,), (R_IMAGE_TOKENS,)),
+    VIDEO_PROJECTOR: ((R_VIDEO_FEATURES,), (R_VIDEO_TOKENS,)),
+    EMBED_TOKENS: ((R_INPUT_IDS,), (R_INPUTS_EMBEDS,)),
+    DECODER: ((R_INPUTS_EMBEDS, R_ATTENTION_MASK, R_NUM_LOGITS_TO_KEEP), (R_LOGITS,)),
+}
 
 # the decoder's attention and cache convention (manifest "decoder" entry)
 DECODER_ATTENTION = (
@@ -93,10 +153,11 @@ DECODER_ATTENTION = (
     "portable_file: com.microsoft.GroupQueryAttention)"
 )
 DECODER_KV_CACHE = (
-    "past_key_values.* may be a buffer longer than the positions in use; attention_mask has one "
-    "column per position in use (all ones: rows unpadded), and the new positions follow the "
-    "past ones (no position_ids: the graph applies RoPE); batch 1 when several positions follow "
-    "a past; bind present.* to the same buffer to write new keys/values in place"
+    "past_key/past_value (roles) may be a buffer longer than the positions in use; "
+    "attention_mask has one column per position in use (all ones: rows unpadded), and the new "
+    "positions follow the past ones (no position_ids: the graph applies RoPE); batch 1 when "
+    "several positions follow a past; bind present_key/present_value to the same buffer to "
+    "write new keys/values in place"
 )
 
 # the ONNX versions of every graph of a package (recorded under K_OPSET and K_IR_VERSION)
@@ -113,6 +174,14 @@ ORT_CONTRIB_DOMAIN = "com.microsoft"  # where the portable decoder's attention o
 # main graph's external data; its stage entry names it under S_PORTABLE_FILE.
 CUSTOM_OP_STAGES = {VIDEO_MAMBA: CUSTOM_OP_SCAN, DECODER: CUSTOM_OP_ATTENTION}
 
+# The session config entries a graph with an mvgpt op is exported with (S_SESSION_CONFIG): the
+# SelectiveScan kernel runs on its own thread pool, and onnxruntime's intra-op workers, left
+# spinning after each node, would compete with it for the cores, so its sessions turn spinning
+# off; GroupQueryAttention runs on onnxruntime's own pool, which picks its work up sooner
+# spinning: its sessions keep the default. A portable graph runs with no entries.
+NO_SPINNING = ("session.intra_op.allow_spinning", "0")
+CUSTOM_OP_SESSION_CONFIG = {CUSTOM_OP_SCAN: dict([NO_SPINNING]), CUSTOM_OP_ATTENTION: {}}
+
 
 def portable_key(stage: str) -> str:
     """The name of a stage's portable graph where graphs are keyed (quantization entries)."""
@@ -122,6 +191,16 @@ def portable_key(stage: str) -> str:
 def portable_file(stage: str) -> str:
     """The file name the exporter gives a stage's portable graph."""
     return f"{portable_key(stage)}.onnx"
+
+
+def cache_name(role: str, layer: int) -> str:
+    """The graph name the exporter gives a decoder cache tensor (R_PAST_KEY ... of ``layer``)."""
+    return {
+        R_PAST_KEY: past_key_name,
+        R_PAST_VALUE: past_value_name,
+        R_PRESENT_KEY: present_key_name,
+        R_PRESENT_VALUE: present_value_name,
+    }[role](layer)
 
 
 def past_key_name(layer: int) -> str:

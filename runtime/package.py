@@ -11,8 +11,10 @@ each graph.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import onnxruntime as ort
@@ -20,6 +22,7 @@ import tokenizers
 
 from . import manifest as M
 from .errors import KernelError, MvgptError, PackageError
+from .prompt import check_template
 from .sessions import LIB_NAME, library_available, session_options
 
 PROVIDERS = {
@@ -54,24 +57,99 @@ _ORT_TYPES = {
 _FIX_EXPORT = "fix: re-export the package with mvgpt-export"
 
 
-def _stage_io(stage: str, decoder: dict | None) -> tuple[list[str], list[str]]:
-    """The input and output names the pipeline binds for `stage`."""
-    if stage == M.DECODER:
-        layers = int((decoder or {}).get("num_hidden_layers", 0))
-        past = [n for i in range(layers) for n in (M.past_key_name(i), M.past_value_name(i))]
-        present = [
-            n for i in range(layers) for n in (M.present_key_name(i), M.present_value_name(i))
-        ]
-        inputs = ["inputs_embeds", "attention_mask", *past, M.NUM_LOGITS_TO_KEEP]
-        return inputs, ["logits", *present]
-    return {
-        M.CLIP_VISION: (["pixel_values"], ["image_features"]),
-        M.FRAME_SCORER: (["image_features"], ["frame_scores"]),
-        M.VIDEO_MAMBA: (["pixel_values"], ["video_features"]),
-        M.IMAGE_PROJECTOR: (["image_features"], ["image_tokens"]),
-        M.VIDEO_PROJECTOR: (["video_features"], ["video_tokens"]),
-        M.EMBED_TOKENS: (["input_ids"], ["inputs_embeds"]),
-    }[stage]
+@dataclass(frozen=True)
+class StageIO:
+    """A stage's graph tensors by role (manifest S_ROLE): role -> the graph's name for it, and
+    the decoder's cache tensors per layer. Runtimes bind tensors through this, never by name."""
+
+    inputs: Mapping[str, str]
+    outputs: Mapping[str, str]
+    # per decoder layer: the names of (past key, past value, present key, present value)
+    cache: tuple[tuple[str, str, str, str], ...] = ()
+
+
+def _roles(
+    stage: str,
+    kind: str,
+    tensors: Any,
+    single: tuple[str, ...],
+    per_layer: tuple[str, ...],
+    layers: int,
+    problems: list[str],
+) -> tuple[dict[str, str], dict[tuple[str, int], str]]:
+    """The role -> name maps of one side (inputs or outputs) of a stage entry; what is wrong
+    (a role missing, unknown or given twice, a bad layer) goes to ``problems``."""
+    where = f"{stage} {kind}s"
+    if not isinstance(tensors, list) or not all(isinstance(t, dict) for t in tensors):
+        problems.append(f"{where}: expected a list of tensors in the manifest, got {tensors!r}")
+        return {}, {}
+    named: dict[str, str] = {}
+    cached: dict[tuple[str, int], str] = {}
+    for tensor in tensors:
+        name, role, layer = tensor.get(M.S_NAME), tensor.get(M.S_ROLE), tensor.get(M.S_LAYER)
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}: expected every tensor to have a name, got {tensor!r}")
+            continue
+        if role in single:
+            key, table = role, named
+        elif role in per_layer:
+            if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < layers:
+                problems.append(
+                    f"{where} {name!r}: expected a layer in [0, {layers}), got {layer!r}"
+                )
+                continue
+            key, table = (role, layer), cached
+        else:
+            known = ", ".join(single + per_layer)
+            problems.append(f"{where} {name!r}: expected a role among {known}, got {role!r}")
+            continue
+        if key in table:
+            which = f"{role!r}" + ("" if key == role else f" for layer {layer}")
+            problems.append(f"{where}: expected one tensor with role {which}, got two")
+        table[key] = name
+    problems += [
+        f"{where}: expected a tensor with role {r!r}, got none" for r in single if r not in named
+    ]
+    problems += [
+        f"{where}: expected a tensor with role {r!r} for layer {i}, got none"
+        for i in range(layers)
+        for r in per_layer
+        if (r, i) not in cached
+    ]
+    return named, cached
+
+
+def _stage_io(stage: str, entry: dict, decoder: dict, problems: list[str]) -> StageIO:
+    inputs, outputs = M.STAGE_ROLES[stage]
+    is_decoder = stage == M.DECODER
+    layers = int(decoder.get("num_hidden_layers", 0)) if is_decoder else 0
+    past_roles, present_roles = (
+        (M.CACHE_INPUT_ROLES, M.CACHE_OUTPUT_ROLES) if is_decoder else ((), ())
+    )
+    ins, past = _roles(stage, "input", entry.get(M.S_INPUTS), inputs, past_roles, layers, problems)
+    outs, present = _roles(
+        stage, "output", entry.get(M.S_OUTPUTS), outputs, present_roles, layers, problems
+    )
+    cache = tuple(
+        (
+            past.get((M.R_PAST_KEY, i), ""),
+            past.get((M.R_PAST_VALUE, i), ""),
+            present.get((M.R_PRESENT_KEY, i), ""),
+            present.get((M.R_PRESENT_VALUE, i), ""),
+        )
+        for i in range(layers)
+    )
+    return StageIO(MappingProxyType(ins), MappingProxyType(outs), cache)
+
+
+def stage_io(manifest: dict, stage: str) -> StageIO:
+    """A (checked, ``read_manifest``) manifest's tensors of ``stage`` by role; PackageError
+    naming every problem when its tensors do not give each role of the stage exactly once."""
+    problems: list[str] = []
+    io = _stage_io(stage, manifest[M.K_STAGES][stage], manifest[M.K_DECODER], problems)
+    if problems:
+        raise PackageError(f"manifest stage {stage}: {'; '.join(problems)}; {_FIX_EXPORT}")
+    return io
 
 
 REQUIRED_INTS = {
@@ -84,6 +162,17 @@ REQUIRED_INTS = {
     ),
     M.K_SAMPLING: ("num_frames", "chunk_size", "num_select_k_frames_in_chunk"),
     M.K_VISUAL: ("num_visual_tokens",),
+}
+
+
+PROMPT_KEYS = {
+    M.PR_TEMPLATE: str,
+    M.PR_SYSTEM: str,
+    M.PR_PLACEHOLDER: str,
+    M.PR_NUM_PLACEHOLDERS: int,
+    M.PR_NUM_SENTINELS: int,
+    M.PR_TOKEN_INDEX: int,
+    M.PR_STOP: str,
 }
 
 
@@ -132,6 +221,10 @@ def read_manifest(folder: str | Path) -> dict:
     for section, keys in REQUIRED_INTS.items():  # the numbers the pipeline reads
         values = data.get(section) if isinstance(data.get(section), dict) else {}
         missing += [f"{section}.{k}" for k in keys if not _is_int(values.get(k))]
+    prompt = data.get(M.K_PROMPT) if isinstance(data.get(M.K_PROMPT), dict) else {}
+    for key, kind in PROMPT_KEYS.items():
+        if not isinstance(prompt.get(key), kind) or isinstance(prompt.get(key), bool):
+            missing.append(f"prompt.{key} ({kind.__name__})")
     sampling = data.get(M.K_SAMPLING) or {}
     if not missing and sampling["num_frames"] % sampling["chunk_size"]:
         missing.append("sampling.num_frames as a multiple of sampling.chunk_size")
@@ -140,6 +233,10 @@ def read_manifest(folder: str | Path) -> dict:
             f"{path}: expected the keys {', '.join(missing)}, got a manifest without them; "
             f"{_FIX_EXPORT}"
         )
+    try:
+        check_template(data[M.K_PROMPT][M.PR_TEMPLATE])
+    except MvgptError as e:
+        raise PackageError(f"{path}: {e}") from e
     files = [data.get(M.K_TOKENIZER, M.TOKENIZER_FILE)]
     for stage in M.STAGES:
         files.append(stages[stage].get(M.S_FILE))
@@ -152,18 +249,13 @@ def read_manifest(folder: str | Path) -> dict:
     return data
 
 
-def _check_tensors(
-    where: str, declared: Any, actual: list, required: list[str], kind: str
-) -> list[str]:
+def _check_tensors(where: str, declared: Any, actual: list, kind: str) -> list[str]:
     """Mismatches between the manifest's tensors and a session's NodeArgs (one string each)."""
     if not isinstance(declared, list) or not all(isinstance(t, dict) for t in declared):
-        return [f"{where} {kind}: expected a list of tensors in the manifest, got {declared!r}"]
+        return []  # (_roles reports it)
     problems = []
     wanted = {t.get(M.S_NAME): t for t in declared}
     real = {arg.name: arg for arg in actual}
-    for name in required:  # (a required name the graph has is reported below, once)
-        if name not in wanted and name not in real:
-            problems.append(f"{where} {kind} {name!r}: expected in the manifest, got none")
     for name, spec in wanted.items():
         arg = real.get(name)
         if arg is None:
@@ -220,6 +312,7 @@ class Package:
     manifest: dict
     tokenizer: tokenizers.Tokenizer
     sessions: dict[str, ort.InferenceSession]
+    io: dict[str, StageIO]  # every stage's tensors by role
     provider: str
     custom_ops: bool  # True: video_mamba and the decoder run mvgpt's ops (not portable graphs)
     notes: list[str] = field(default_factory=list)  # things the user should hear once
@@ -262,34 +355,85 @@ def load_package(folder: str | Path, provider: str = "cpu", threads: int | None 
         ) from e
     notes: list[str] = []
     stages = data[M.K_STAGES]
+    problems: list[str] = []
+    io = {stage: _stage_io(stage, stages[stage], data[M.K_DECODER], problems) for stage in M.STAGES}
+    ops = {stage: _custom_op(stage, stages[stage], problems) for stage in M.STAGES}
+    configs = {stage: _session_config(stage, stages[stage], problems) for stage in M.STAGES}
+    if problems:
+        raise PackageError(
+            f"{folder / M.MANIFEST_FILE}: {len(problems)} problems with its stages "
+            f"({'; '.join(problems)}); {_FIX_EXPORT}"
+        )
     sessions: dict[str, ort.InferenceSession] = {}
     uses_ops: dict[str, bool] = {}
     for stage in M.STAGES:
-        if stage in M.CUSTOM_OP_STAGES:
+        if ops[stage] is not None:
             options, file, uses_ops[stage] = _library_or_portable(
-                stage, folder, stages[stage], threads, provider, notes
+                stage, ops[stage], folder, stages[stage], configs[stage], threads, provider, notes
             )
         else:
-            options, file = session_options(threads), stages[stage][M.S_FILE]
+            options = session_options(threads, config=configs[stage])
+            file, uses_ops[stage] = stages[stage][M.S_FILE], False
         sessions[stage] = _open(folder / file, options, providers)
-    problems = []
     for stage, session in sessions.items():
-        inputs, outputs = _stage_io(stage, data[M.K_DECODER])
         entry = stages[stage]
-        problems += _check_tensors(
-            stage, entry.get(M.S_INPUTS), session.get_inputs(), inputs, "input"
-        )
-        problems += _check_tensors(
-            stage, entry.get(M.S_OUTPUTS), session.get_outputs(), outputs, "output"
-        )
+        variant = M.G_MAIN if ops[stage] is None or uses_ops[stage] else M.G_PORTABLE
+        problems += _check_metadata(stage, variant, session)
+        problems += _check_tensors(stage, entry.get(M.S_INPUTS), session.get_inputs(), "input")
+        problems += _check_tensors(stage, entry.get(M.S_OUTPUTS), session.get_outputs(), "output")
     if problems:
         raise PackageError(
             f"{str(folder)!r}: the graphs do not match manifest.json ({len(problems)} "
             f"mismatches: {'; '.join(problems)}); {_FIX_EXPORT}"
         )
-    custom_ops = all(uses_ops.values())
+    custom_ops = all(uses_ops[stage] for stage in M.STAGES if ops[stage] is not None)
     notes += int8_notes(data, provider)
-    return Package(folder, data, tokenizer, sessions, provider, custom_ops, notes)
+    return Package(folder, data, tokenizer, sessions, io, provider, custom_ops, notes)
+
+
+def _custom_op(stage: str, entry: dict, problems: list[str]) -> str | None:
+    """The mvgpt op a stage's main graph needs (its entry's S_CUSTOM_OP), or None."""
+    op = entry.get(M.S_CUSTOM_OP)
+    if op is None:
+        return None
+    known = tuple(M.CUSTOM_OP_STAGES.values())
+    if (
+        not isinstance(op, dict)
+        or op.get("domain") != M.CUSTOM_OP_DOMAIN
+        or op.get("op_type") not in known
+    ):
+        problems.append(
+            f"{stage} {M.S_CUSTOM_OP}: expected null or {{domain: {M.CUSTOM_OP_DOMAIN}, op_type: "
+            f"one of {', '.join(known)}}}, got {op!r}"
+        )
+        return None
+    return op["op_type"]
+
+
+def _session_config(stage: str, entry: dict, problems: list[str]) -> dict[str, str]:
+    """A stage's session config entries (S_SESSION_CONFIG: string keys and values)."""
+    config = entry.get(M.S_SESSION_CONFIG, {})
+    if not isinstance(config, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in config.items()
+    ):
+        problems.append(
+            f"{stage} {M.S_SESSION_CONFIG}: expected an object of string keys and values, "
+            f"got {config!r}"
+        )
+        return {}
+    return config
+
+
+def _check_metadata(stage: str, variant: str, session: ort.InferenceSession) -> list[str]:
+    """Mismatches between a graph's ONNX metadata (stage, schema version, variant) and the
+    stage the manifest opened it as."""
+    found = session.get_modelmeta().custom_metadata_map
+    wanted = {M.G_STAGE: stage, M.G_SCHEMA_VERSION: str(M.SCHEMA_VERSION), M.G_VARIANT: variant}
+    return [
+        f"{stage} graph metadata {key}: expected {value!r}, got {found.get(key)!r}"
+        for key, value in wanted.items()
+        if found.get(key) != value
+    ]
 
 
 # CPU flags with an int8 dot product that adds u8 * s8 products in int32 (no int16 saturation)
@@ -327,16 +471,17 @@ def int8_notes(manifest: dict, provider: str, flags: set[str] | None = None) -> 
 
 def _library_or_portable(
     stage: str,
+    op: str,
     folder: Path,
     entry: dict,
+    config: dict[str, str],
     threads: int | None,
     provider: str,
     notes: list[str],
 ) -> tuple[ort.SessionOptions, str, bool]:
-    """(options, file, custom_ops) of a stage with an mvgpt op: options with the library loaded
-    and the stage's graph when the library loads (CPU), else plain options and the portable
-    graph, with a note saying why."""
-    op = M.CUSTOM_OP_STAGES[stage]
+    """(options, file, custom_ops) of a stage whose graph needs the mvgpt op ``op``: options with
+    the library loaded and the stage's session config, and the stage's graph, when the library
+    loads (CPU); else plain options and the portable graph, with a note saying why."""
     portable = entry.get(M.S_PORTABLE_FILE)
     has_portable = isinstance(portable, str) and (folder / portable).is_file()
     try:
@@ -345,7 +490,8 @@ def _library_or_portable(
         elif provider != "cpu" and has_portable:
             reason = f"the {op} kernel is CPU-only and the provider is {provider}"
         else:
-            return session_options(threads, custom_op=op), entry[M.S_FILE], True
+            options = session_options(threads, custom_op=op, config=config)
+            return options, entry[M.S_FILE], True
     except KernelError as e:
         reason = str(e)
     if not has_portable:
@@ -355,4 +501,4 @@ def _library_or_portable(
             "fix: build it with `python -m mvgpt.kernels.build`"
         )
     notes.append(f"{stage} runs the portable graph ({reason}; slower)")
-    return session_options(threads), portable, False
+    return session_options(threads, config={}), portable, False

@@ -92,7 +92,7 @@ class Pipeline:
             )
         self.clip_center_crop = resize == M.RESIZE_CLIP_CROP
         self.notes = list(package.notes)
-        self.decoder = Decoder(package.sessions[M.DECODER], self.decoder_cfg)
+        self.decoder = Decoder(package.sessions[M.DECODER], self.decoder_cfg, package.io[M.DECODER])
         # this pipeline's prefills of the Encodings it answered; an entry goes with its Encoding
         self._shared: weakref.WeakKeyDictionary[Encoding, _SharedPrefill] = (
             weakref.WeakKeyDictionary()
@@ -113,7 +113,11 @@ class Pipeline:
         return self.package.tokenizer
 
     def _run(self, stage: str, output: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.package.sessions[stage].run([output], inputs)[0]
+        """Run ``stage``: ``inputs`` and ``output`` by role (manifest R_*), bound to the graph's
+        names the manifest gives them."""
+        io = self.package.io[stage]
+        feeds = {io.inputs[role]: value for role, value in inputs.items()}
+        return self.package.sessions[stage].run([io.outputs[output]], feeds)[0]
 
     # ------------------------------------------------------------------ vision
 
@@ -155,7 +159,7 @@ class Pipeline:
 
     def clip_features(self, clip_pixels: np.ndarray) -> np.ndarray:
         """clip_vision: (F, 3, S, S) CLIP pixels -> (F, P, C) patch features."""
-        return self._run(M.CLIP_VISION, "image_features", {"pixel_values": clip_pixels})
+        return self._run(M.CLIP_VISION, M.R_IMAGE_FEATURES, {M.R_PIXEL_VALUES: clip_pixels})
 
     def encode(self, video: str | Path | np.ndarray) -> Encoding:
         """Run the vision stages once; the Encoding answers any number of questions."""
@@ -186,19 +190,21 @@ class Pipeline:
         keep = int(self.sampling["num_select_k_frames_in_chunk"])
         num_frames, patches, dim = features.shape
         chunks = features.reshape(num_frames // chunk, chunk * patches, dim)
-        scores = self._run(M.FRAME_SCORER, "frame_scores", {"image_features": chunks})
+        scores = self._run(M.FRAME_SCORER, M.R_FRAME_SCORES, {M.R_IMAGE_FEATURES: chunks})
         selected = select_frames(scores, keep)  # (num_chunks * keep,) time order
         t3 = time.perf_counter()
         seconds["frame_scorer"] = t3 - t2
 
         clip = np.ascontiguousarray(mamba_pixels[selected].transpose(1, 0, 2, 3)[None])
-        video_features = self._run(M.VIDEO_MAMBA, "video_features", {"pixel_values": clip})
+        video_features = self._run(M.VIDEO_MAMBA, M.R_VIDEO_FEATURES, {M.R_PIXEL_VALUES: clip})
         t4 = time.perf_counter()
         seconds["video_mamba"] = t4 - t3  # video_features: (8, P, 576)
 
-        image_tokens = self._run(M.IMAGE_PROJECTOR, "image_tokens", {"image_features": features})
+        image_tokens = self._run(
+            M.IMAGE_PROJECTOR, M.R_IMAGE_TOKENS, {M.R_IMAGE_FEATURES: features}
+        )
         video_tokens = self._run(
-            M.VIDEO_PROJECTOR, "video_tokens", {"video_features": video_features}
+            M.VIDEO_PROJECTOR, M.R_VIDEO_TOKENS, {M.R_VIDEO_FEATURES: video_features}
         )
         hidden = image_tokens.shape[-1]  # (F, 144, H) and (chunks, 49, H)
         visual = np.concatenate(
@@ -235,11 +241,15 @@ class Pipeline:
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-        return self._run(M.EMBED_TOKENS, "inputs_embeds", {"input_ids": ids})  # (1, S, H)
+        return self._run(M.EMBED_TOKENS, M.R_INPUTS_EMBEDS, {M.R_INPUT_IDS: ids})  # (1, S, H)
 
     def prompt_ids(self, question: str) -> np.ndarray:
         """The question's prompt ids as the manifest describes the prompt (checks the question)."""
         return manifest_prompt_ids(self.tokenizer, self.prompt, question)
+
+    def split_prompt(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(prefix, suffix): the prompt ids before and after the visual sentinels' run."""
+        return split_visual(ids, int(self.prompt[M.PR_TOKEN_INDEX]))
 
     def token_limit(self, prompt_length: int, max_new_tokens: int) -> int:
         """How many tokens an answer may generate after ``prompt_length`` positions:
@@ -294,7 +304,7 @@ class Pipeline:
         given = isinstance(video, Encoding)
         encoding = video if given else self.encode(video)
         seconds = {k: 0.0 if given else encoding.seconds.get(k, 0.0) for k in ENCODE_STAGES}
-        prefix_ids, _ = split_visual(ids)
+        prefix_ids, _ = self.split_prompt(ids)
         return self.generate(
             ids,
             gen,
@@ -322,7 +332,7 @@ class Pipeline:
         decode loop runs. ``start``: perf_counter() when the question came (for ttft_s)."""
         seconds = dict(seconds)
         t0 = time.perf_counter()
-        prefix_ids, suffix_ids = split_visual(ids)
+        prefix_ids, suffix_ids = self.split_prompt(ids)
         prompt_length = len(prefix_ids) + self.num_visual_tokens + len(suffix_ids)
         limit = self.token_limit(prompt_length, gen.max_new_tokens)
         cache = self.decoder.new_cache(prompt_length + limit)
@@ -344,7 +354,7 @@ class Pipeline:
         seconds["decode"] = time.perf_counter() - t1
         first = decoded.first_token_at
         return Answer(
-            text=decode_answer(self.tokenizer, decoded.token_ids),
+            text=decode_answer(self.tokenizer, decoded.token_ids, self.prompt[M.PR_STOP]),
             token_ids=decoded.token_ids,
             frame_indices=encoding.frame_indices,
             selected_frames=encoding.selected_frames,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import tokenizers
 
+from . import manifest as M
 from .errors import MvgptError
 
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -32,13 +33,39 @@ def check_question(question: str) -> str:
     return question
 
 
-def chat_prompt(question: str, num_placeholders: int = 16, system: str = SYSTEM_PROMPT) -> str:
-    """The reference's qwen2_instruct (ChatML) prompt with `num_placeholders` image placeholders."""
-    check_question(question)
-    return (
-        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
-        f"{IMAGE_PLACEHOLDER * num_placeholders}\n{question}<|im_end|>\n<|im_start|>assistant\n"
+def check_template(template: object) -> str:
+    """``template`` when it holds each of manifest.TEMPLATE_FIELDS once, in order; else
+    MvgptError."""
+    at = [template.find(f) if isinstance(template, str) else -1 for f in M.TEMPLATE_FIELDS]
+    ok = (
+        isinstance(template, str)
+        and all(template.count(f) == 1 for f in M.TEMPLATE_FIELDS)
+        and at == sorted(at)
     )
+    if not ok:
+        raise MvgptError(
+            f"prompt template: expected {', '.join(M.TEMPLATE_FIELDS)} once each, in that order, "
+            f"got {template!r}; fix: re-export the package with mvgpt-export"
+        )
+    return template
+
+
+def chat_prompt(
+    question: str,
+    num_placeholders: int = 16,
+    system: str = SYSTEM_PROMPT,
+    template: str = M.CHATML_TEMPLATE,
+    placeholder: str = IMAGE_PLACEHOLDER,
+) -> str:
+    """The prompt text: ``template`` (the reference's qwen2_instruct ChatML by default) with the
+    system prompt, ``num_placeholders`` image placeholders and the question put in. The question
+    goes in last, so braces in it are kept as they are."""
+    check_question(question)
+    head, rest = check_template(template).split(M.TEMPLATE_FIELDS[0])
+    middle, rest = rest.split(M.TEMPLATE_FIELDS[1])
+    before_question, tail = rest.split(M.TEMPLATE_FIELDS[2])
+    images = placeholder * num_placeholders
+    return head + system + middle + images + before_question + question + tail
 
 
 def prompt_ids(
@@ -47,8 +74,11 @@ def prompt_ids(
     num_placeholders: int = 16,
     keep: int = 8,
     system: str = SYSTEM_PROMPT,
+    template: str = M.CHATML_TEMPLATE,
+    placeholder: str = IMAGE_PLACEHOLDER,
+    sentinel: int = IMAGE_TOKEN_INDEX,
 ) -> np.ndarray:
-    """Token ids (1-D int64) of the chat prompt with a run of `keep` IMAGE_TOKEN_INDEX sentinels.
+    """Token ids (1-D int64) of the chat prompt with a run of `keep` `sentinel` ids.
 
     Each text chunk between placeholders is tokenized separately without added special tokens
     (the ChatML markers are in the text and map to their added-token ids); empty chunks give no
@@ -59,17 +89,17 @@ def prompt_ids(
             f"prompt: expected 1 <= keep <= num_placeholders, got keep={keep}, "
             f"num_placeholders={num_placeholders}; fix: keep the manifest's prompt values"
         )
-    text = chat_prompt(question, num_placeholders, system)
+    text = chat_prompt(question, num_placeholders, system, template, placeholder)
     ids: list[int] = []
-    for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+    for i, chunk in enumerate(text.split(placeholder)):
         if i > 0:
-            ids.append(IMAGE_TOKEN_INDEX)
+            ids.append(sentinel)
         if chunk:
             ids.extend(tokenizer.encode(chunk, add_special_tokens=False).ids)
     kept: list[int] = []
     sentinels = 0
     for token in ids:  # the reference's filter_tensors: keep the first `keep` sentinels only
-        if token == IMAGE_TOKEN_INDEX:
+        if token == sentinel:
             sentinels += 1
             if sentinels > keep:
                 continue
@@ -82,29 +112,36 @@ def manifest_prompt_ids(tokenizer: tokenizers.Tokenizer, prompt: dict, question:
     return prompt_ids(
         tokenizer,
         question,
-        int(prompt["num_image_placeholders"]),
-        int(prompt["num_image_sentinels"]),
-        prompt.get("system", SYSTEM_PROMPT),
+        int(prompt[M.PR_NUM_PLACEHOLDERS]),
+        int(prompt[M.PR_NUM_SENTINELS]),
+        prompt[M.PR_SYSTEM],
+        prompt[M.PR_TEMPLATE],
+        prompt[M.PR_PLACEHOLDER],
+        int(prompt[M.PR_TOKEN_INDEX]),
     )
 
 
-def split_visual(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_visual(
+    ids: np.ndarray, sentinel: int = IMAGE_TOKEN_INDEX
+) -> tuple[np.ndarray, np.ndarray]:
     """(prefix, suffix): the text ids before and after the one contiguous run of sentinels."""
     ids = np.asarray(ids)
-    where = np.flatnonzero(ids == IMAGE_TOKEN_INDEX)
+    where = np.flatnonzero(ids == sentinel)
     if where.size == 0 or where[-1] - where[0] + 1 != where.size:
         raise MvgptError(
             "prompt ids: expected one contiguous run of image sentinels "
-            f"({IMAGE_TOKEN_INDEX}), got them at positions {where.tolist()}; "
+            f"({sentinel}), got them at positions {where.tolist()}; "
             "fix: build the ids with prompt_ids"
         )
     return ids[: where[0]], ids[where[-1] + 1 :]
 
 
-def decode_answer(tokenizer: tokenizers.Tokenizer, token_ids: Sequence[int]) -> str:
-    """Generated ids -> answer text: special tokens skipped, stripped, a trailing
-    `<|im_end|>` removed (as the reference decodes)."""
+def decode_answer(
+    tokenizer: tokenizers.Tokenizer, token_ids: Sequence[int], stop: str = STOP_STRING
+) -> str:
+    """Generated ids -> answer text: special tokens skipped, stripped, a trailing ``stop``
+    (`<|im_end|>`) removed (as the reference decodes)."""
     text = tokenizer.decode([int(t) for t in token_ids], skip_special_tokens=True).strip()
-    if text.endswith(STOP_STRING):
-        text = text[: -len(STOP_STRING)].strip()
+    if stop and text.endswith(stop):
+        text = text[: -len(stop)].strip()
     return text

@@ -27,13 +27,6 @@ LIB_ENV = "MVGPT_OPS_LIBRARY"  # optional override: an already-built library els
 # run one after another, so each reuses what the previous one freed, and a second answer does not
 # grow the arenas again (peak RSS: README results).
 SHARED_ARENA = ("session.use_env_allocators", "1")
-# SelectiveScan runs on its own thread pool; onnxruntime's intra-op workers, left spinning after
-# each node, would compete with it for the cores, so its sessions turn spinning off.
-# GroupQueryAttention runs on onnxruntime's own pool, which picks its work up sooner spinning:
-# its sessions keep the default.
-NO_SPINNING = ("session.intra_op.allow_spinning", "0")
-OWN_THREAD_POOL_OPS = (M.CUSTOM_OP_SCAN,)
-
 _shared_arena_registered = False
 
 
@@ -97,17 +90,20 @@ def _load_library(options: ort.SessionOptions, custom_op: str) -> None:
             f"onnxruntime could not load {path}: {e}; fix: rebuild it with "
             "`python -m mvgpt.kernels.build --force`"
         ) from e
-    if custom_op in OWN_THREAD_POOL_OPS:
-        options.add_session_config_entry(*NO_SPINNING)
 
 
-def session_options(threads: int | None = None, custom_op: str | None = None) -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None,
+    custom_op: str | None = None,
+    config: dict[str, str] | None = None,
+) -> ort.SessionOptions:
     """The options of every mvgpt session: errors only in the log; ``threads`` intra-op threads
     and one inter-op thread when given (else onnxruntime's defaults); allocations from the one
-    process-wide CPU arena; and for a graph with ``custom_op`` (an op of
-    ``manifest.CUSTOM_OP_STAGES``) the mvgpt library loaded, with spinning off where that op runs
-    its own threads (NO_SPINNING). Raises KernelError when the library is missing or does not
-    load."""
+    process-wide CPU arena; for a graph with ``custom_op`` (an op of
+    ``manifest.CUSTOM_OP_STAGES``) the mvgpt library loaded; and the session config entries
+    ``config`` (a package's stage entry: manifest S_SESSION_CONFIG), by default the ones the
+    exporter gives a graph with ``custom_op`` (manifest.CUSTOM_OP_SESSION_CONFIG). Raises
+    KernelError when the library is missing or does not load."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
     if threads is not None:
@@ -117,4 +113,8 @@ def session_options(threads: int | None = None, custom_op: str | None = None) ->
     options.add_session_config_entry(*SHARED_ARENA)
     if custom_op is not None:
         _load_library(options, custom_op)
+    if config is None:
+        config = M.CUSTOM_OP_SESSION_CONFIG.get(custom_op, {}) if custom_op else {}
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
     return options

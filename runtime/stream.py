@@ -44,7 +44,6 @@ import numpy as np
 from .decoder import KVCache
 from .errors import MvgptError
 from .pipeline import ENCODE_STAGES, Answer, Encoding, Pipeline
-from .prompt import split_visual
 from .video import pad_positions, sample_positions
 
 DEFAULT_REFRESH_S = 2.0
@@ -148,7 +147,7 @@ class StreamSession:
             raise MvgptError(f"stream refresh: expected seconds >= 0, got {refresh_s}")
         self.refresh_s = float(refresh_s)
         self.background = background
-        self._prefix_ids = split_visual(pipeline.prompt_ids("?"))[0]
+        self._prefix_ids = pipeline.split_prompt(pipeline.prompt_ids("?"))[0]
         self._compute = _Compute()
         self._state = threading.Lock()  # guards the fields below
         self._window: collections.deque[KeptFrame] = collections.deque()

@@ -1,17 +1,20 @@
 """Loading a package: manifest errors, provider errors, the graph/manifest check that reports
-every mismatch in one PackageError, and the portable video_mamba fallback."""
+every mismatch in one PackageError, the portable video_mamba fallback, and the contract's
+parts a runtime must take from the manifest (tensors by role, session config, custom ops,
+graph metadata, prompt template)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import KernelError, MvgptError, PackageError
+from mvgpt.runtime.manifest import NO_SPINNING
 from mvgpt.runtime.package import load_package, read_manifest
-from mvgpt.runtime.sessions import NO_SPINNING
 
 
 def _copy(source: Path, dest: Path, edit=None, skip: tuple[str, ...] = ()) -> Path:
@@ -59,7 +62,7 @@ def test_manifest_errors(tiny_package, tmp_path):
         bad_json: "expected a JSON manifest",
         array: "expected a JSON object",
         _copy(tiny_package, tmp_path / "v1", lambda m: m.update(schema_version=1)): (
-            "expected schema_version 2, got 1"
+            f"expected schema_version {M.SCHEMA_VERSION}, got 1"
         ),
         _copy(tiny_package, tmp_path / "nokeys", lambda m: m.pop("decoder")): "decoder",
         _copy(tiny_package, tmp_path / "nostage", lambda m: m["stages"].pop("frame_scorer")): (
@@ -72,6 +75,14 @@ def test_manifest_errors(tiny_package, tmp_path):
         _copy(tiny_package, tmp_path / "badchunk", lambda m: m["sampling"].update(chunk_size=5)): (
             "multiple of sampling.chunk_size"
         ),
+        _copy(tiny_package, tmp_path / "notemplate", lambda m: m["prompt"].pop("template")): (
+            "prompt.template (str)"
+        ),
+        _copy(
+            tiny_package,
+            tmp_path / "badtemplate",
+            lambda m: m["prompt"].update(template="{question} {system} {images}"),
+        ): "expected {system}, {images}, {question} once each, in that order",
     }
     for folder, expected in cases.items():
         with pytest.raises(PackageError) as info:
@@ -212,3 +223,166 @@ def test_full_range_int8_package_gets_a_note_only_on_cpus_that_saturate(tmp_path
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\n")
     assert cpu_flags(str(cpuinfo)) == {"fpu", "avx2", "fma"}
     assert cpu_flags(str(tmp_path / "absent")) is None
+
+
+def test_every_role_problem_in_one_error(tiny_package, tmp_path):
+    """Tensors are found by role: a role missing, unknown or given twice, a cache tensor without
+    its layer, and a bad custom op or session config are all named in one PackageError before
+    any session is opened."""
+
+    def edit(manifest):
+        stages = manifest["stages"]
+        stages["clip_vision"]["inputs"][0]["role"] = "pixels"  # unknown (pixel_values missing)
+        scorer = stages["frame_scorer"]["outputs"]
+        scorer.append(dict(scorer[0], name="again"))  # frame_scores twice
+        next(t for t in stages["decoder"]["inputs"] if t.get("layer") == 1).pop(
+            "layer"
+        )  # a cache tensor without its layer: layer 1 lacks it
+        stages["video_mamba"]["custom_op"] = {"domain": "mvgpt", "op_type": "Conv"}
+        stages["embed_tokens"]["session_config"] = {"session.intra_op.allow_spinning": 0}
+
+    with pytest.raises(PackageError) as info:
+        load_package(_copy(tiny_package, tmp_path / "roles", edit))
+    message = str(info.value)
+    print(message)
+    assert "7 problems" in message and "\n" not in message and "fix:" in message
+    for part in (
+        "clip_vision inputs 'pixel_values': expected a role among pixel_values, got 'pixels'",
+        "clip_vision inputs: expected a tensor with role 'pixel_values', got none",
+        "frame_scorer outputs: expected one tensor with role 'frame_scores', got two",
+        "decoder inputs 'past_key_values.1.key': expected a layer in [0, 2), got None",
+        "decoder inputs: expected a tensor with role 'past_key' for layer 1, got none",
+        "video_mamba custom_op: expected null or {domain: mvgpt, op_type: one of",
+        "embed_tokens session_config: expected an object of string keys and values",
+    ):
+        assert part in message
+
+
+def _rename(graph: Path, out: Path, renames: dict[str, str]) -> None:
+    """Copy an .onnx file with graph tensors renamed (inputs, outputs, node references)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    g = model.graph
+    for value in [*g.input, *g.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in g.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    out.write_bytes(model.SerializeToString())
+
+
+def test_graph_names_come_from_the_manifest(tiny_package, tmp_path):
+    """Rename tensors in the graphs and in the manifest alike (a CLIP input, the decoder's
+    logits and one layer's cache): the runtime binds them by role and answers the same ids."""
+    import numpy as np
+
+    from mvgpt.runtime.pipeline import Pipeline
+
+    renames = {
+        "clip_vision": {"pixel_values": "frames"},
+        "decoder": {"logits": "scores", "past_key_values.1.value": "cache_v1_in",
+                    "present.1.value": "cache_v1_out"},
+    }  # fmt: skip
+
+    def edit(manifest):
+        for stage, names in renames.items():
+            entry = manifest["stages"][stage]
+            for tensor in [*entry["inputs"], *entry["outputs"]]:
+                tensor["name"] = names.get(tensor["name"], tensor["name"])
+
+    files = tuple(f"{stage}.onnx{data}" for stage in renames for data in ("", ".data"))
+    renamed = _copy(tiny_package, tmp_path / "renamed", edit, skip=files)
+    for stage, names in renames.items():  # (the data copied: onnxruntime follows no link out)
+        _rename(tiny_package / f"{stage}.onnx", renamed / f"{stage}.onnx", names)
+        shutil.copy(tiny_package / f"{stage}.onnx.data", renamed / f"{stage}.onnx.data")
+    video = np.random.default_rng(0).integers(0, 256, (24, 48, 64, 3), dtype=np.uint8)
+    answers = []
+    for folder in (tiny_package, renamed):
+        pipeline = Pipeline.load(folder, threads=1)
+        answers.append(pipeline.answer(video, "What happens?", max_new_tokens=6).token_ids)
+    print(answers)
+    assert answers[0] == answers[1] and len(answers[0]) > 0
+    assert [i.name for i in pipeline.package.sessions["clip_vision"].get_inputs()] == ["frames"]
+
+
+def test_session_config_comes_from_the_manifest(tiny_package, tmp_path):
+    """The entries of a stage's session_config are what its session gets, on any stage."""
+
+    def edit(manifest):
+        manifest["stages"]["clip_vision"]["session_config"] = dict([NO_SPINNING])
+        manifest["stages"]["video_mamba"]["session_config"] = {}
+
+    package = load_package(_copy(tiny_package, tmp_path / "config", edit), threads=1)
+    options = package.sessions["clip_vision"].get_session_options()
+    assert options.get_session_config_entry(NO_SPINNING[0]) == "0"
+    with pytest.raises(RuntimeError):  # not set: onnxruntime raises for an absent key
+        package.sessions["video_mamba"].get_session_options().get_session_config_entry(
+            NO_SPINNING[0]
+        )
+
+
+def test_graph_metadata_is_checked(tiny_package, tmp_path):
+    """Every graph says which stage it is and its schema version; a graph put in another
+    stage's place, or stamped by another schema, is refused with what it says."""
+    import onnx
+
+    from mvgpt.exporter.graphs import stamp_graph
+
+    for name in ("clip_vision.onnx", "decoder_portable.onnx"):
+        model = onnx.load(str(tiny_package / name), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        print(name, props)
+        assert props[M.G_SCHEMA_VERSION] == str(M.SCHEMA_VERSION)
+        assert props[M.G_STAGE] == name.split(".")[0].removesuffix("_portable")
+        assert props[M.G_VARIANT] == ("portable" if "portable" in name else "main")
+
+    swapped = _copy(tiny_package, tmp_path / "swapped", skip=("frame_scorer.onnx",))
+    model = onnx.load(str(tiny_package / "frame_scorer.onnx"), load_external_data=False)
+    (swapped / "frame_scorer.onnx").write_bytes(model.SerializeToString())
+    stamp_graph(swapped / "frame_scorer.onnx", "image_projector", "main")
+    old = onnx.load(str(swapped / "frame_scorer.onnx"))
+    old.metadata_props[1].value = "2"  # (stage, schema version, variant)
+    (swapped / "frame_scorer.onnx").write_bytes(old.SerializeToString())
+    with pytest.raises(PackageError) as info:
+        load_package(swapped)
+    message = str(info.value)
+    print(message)
+    assert "(2 mismatches" in message
+    assert "frame_scorer graph metadata mvgpt.stage: expected 'frame_scorer', got " in message
+    assert "'image_projector'" in message
+    assert f"mvgpt.schema_version: expected '{M.SCHEMA_VERSION}', got '2'" in message
+
+
+def test_prompt_template_comes_from_the_manifest(tiny_package, tmp_path):
+    from mvgpt.runtime.pipeline import Pipeline
+
+    def edit(manifest):
+        manifest["prompt"]["template"] = "{system}|{images}|{question}|"
+        manifest["prompt"]["system"] = "Be brief."
+
+    custom = Pipeline.load(_copy(tiny_package, tmp_path / "template", edit), threads=1)
+    tokenizer = custom.tokenizer
+    ids = custom.prompt_ids("Why {system}?")
+    prefix, suffix = custom.split_prompt(ids)
+    print(tokenizer.decode(prefix.tolist()), "/", tokenizer.decode(suffix.tolist()))
+    assert tokenizer.decode(prefix.tolist()) == "Be brief.|"
+    assert tokenizer.decode(suffix.tolist()) == "|Why {system}?|"
+    assert int((ids == custom.prompt["image_token_index"]).sum()) == 8
+
+
+def test_the_format_document_names_every_key_and_role():
+    """runtime/PACKAGE.md is the contract a native runtime is written from: every manifest key,
+    stage-entry key, prompt key, metadata key, role and stage name of manifest.py is in it."""
+    doc = (Path(M.__file__).parent / "PACKAGE.md").read_text()
+    prefixes = ("K_", "S_", "P_", "PR_", "G_", "R_", "Q_", "RESIZE_", "INT8_")
+    names = {
+        value
+        for key, value in vars(M).items()
+        if key.startswith(prefixes) and isinstance(value, str)
+    }
+    names |= set(M.STAGES) | {M.MANIFEST_FILE, M.TOKENIZER_FILE, *M.NO_SPINNING}
+    missing = sorted(n for n in names if f"`{n}`" not in doc and f'"{n}"' not in doc)
+    print(len(names), "names;", "missing:", missing)
+    assert not missing
+    assert f"(schema {M.SCHEMA_VERSION})" in doc
