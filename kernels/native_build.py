@@ -104,13 +104,29 @@ def debian_mirror(
     return debian[0].rstrip("/")
 
 
-def fetch_debian_headers(dest: Path = HEADER_CACHE) -> Path:
-    """Download trixie's libonnxruntime-dev with a private apt config and unpack its headers."""
+def os_codename(os_release: str = "/etc/os-release") -> str:
+    """This machine's Debian suite (VERSION_CODENAME), e.g. ``bookworm``."""
+    try:
+        for line in Path(os_release).read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "VERSION_CODENAME" and value.strip().strip('"'):
+                return value.strip().strip('"')
+    except OSError:
+        pass
+    raise KernelError(
+        f"no VERSION_CODENAME in {os_release}: expected a Debian machine, got none; fix: install "
+        "the packages the native runtime needs (see runtime/native/CMakeLists.txt) yourself"
+    )
+
+
+def fetch_debian_packages(packages: tuple[str, ...], suite: str, dest: Path, fix: str) -> Path:
+    """Download ``packages`` of Debian ``suite`` with a private apt configuration (nothing is
+    installed system-wide: the machine's own apt mirror, private lists and cache) and unpack them
+    all into ``dest`` (replaced); returns ``dest``. ``fix`` ends every error message."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         raise KernelError(
-            "onnxruntime headers not found and apt-get/dpkg are missing: expected "
-            f"$ORT_INCLUDE_DIR or {SDK_DIRS[0]}, got neither; fix: set ORT_INCLUDE_DIR to a folder "
-            "holding onnxruntime_cxx_api.h (e.g. the include/ folder of an onnxruntime release)"
+            f"{', '.join(packages)} needed and apt-get/dpkg are missing: expected a Debian "
+            f"machine, got none; {fix}"
         )
     mirror = debian_mirror()
     with tempfile.TemporaryDirectory(prefix="mvgpt-apt-") as tmp:
@@ -119,7 +135,7 @@ def fetch_debian_headers(dest: Path = HEADER_CACHE) -> Path:
             (tmp_path / sub).mkdir(parents=True)
         signed = f"[signed-by={KEYRING}] " if os.path.isfile(KEYRING) else ""
         sources = tmp_path / "sources.list"
-        sources.write_text(f"deb {signed}{mirror} {DEBIAN_SUITE} main\n")
+        sources.write_text(f"deb {signed}{mirror} {suite} main\n")
         opts = [
             "-o", f"Dir::Etc::sourcelist={sources}",
             "-o", "Dir::Etc::sourceparts=-",
@@ -127,30 +143,45 @@ def fetch_debian_headers(dest: Path = HEADER_CACHE) -> Path:
             "-o", f"Dir::Cache={tmp_path / 'cache'}",
             "-o", "Debug::NoLocking=1",
         ]  # fmt: skip
-        steps = (["apt-get", *opts, "update"], ["apt-get", *opts, "download", DEBIAN_PACKAGE])
+        steps = (["apt-get", *opts, "update"], ["apt-get", *opts, "download", *packages])
         for cmd in steps:
             run = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
             if run.returncode != 0:
                 raise KernelError(
-                    f"'{' '.join(cmd[:1] + cmd[-2:])}' failed (exit {run.returncode}) while "
-                    f"fetching onnxruntime headers from {mirror} {DEBIAN_SUITE}: "
-                    f"{run.stderr.strip()[-400:]}; fix: check network access or set ORT_INCLUDE_DIR"
+                    f"'apt-get {cmd[len(opts) + 1]}' failed (exit {run.returncode}) while "
+                    f"fetching {', '.join(packages)} from {mirror} {suite}: "
+                    f"{run.stderr.strip()[-400:]}; {fix}"
                 )
-        debs = sorted(tmp_path.glob(f"{DEBIAN_PACKAGE}_*.deb"))
-        if not debs:
-            raise KernelError(f"apt-get download left no {DEBIAN_PACKAGE} .deb in {tmp}")
         unpacked = tmp_path / "x"
-        run = subprocess.run(
-            ["dpkg", "-x", str(debs[-1]), str(unpacked)], capture_output=True, text=True
-        )
-        if run.returncode != 0:
-            raise KernelError(
-                f"dpkg -x {debs[-1].name} failed (exit {run.returncode}): "
-                f"{run.stderr.strip()[-400:]}; fix: set ORT_INCLUDE_DIR to onnxruntime headers"
+        for package in packages:
+            debs = sorted(tmp_path.glob(f"{package}_*.deb"))
+            if not debs:
+                raise KernelError(f"apt-get download left no {package} .deb in {tmp}; {fix}")
+            run = subprocess.run(
+                ["dpkg", "-x", str(debs[-1]), str(unpacked)], capture_output=True, text=True
             )
-        found = unpacked / "usr" / "include" / "onnxruntime"
+            if run.returncode != 0:
+                raise KernelError(
+                    f"dpkg -x {debs[-1].name} failed (exit {run.returncode}): "
+                    f"{run.stderr.strip()[-400:]}; {fix}"
+                )
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(unpacked, dest, symlinks=True)
+    return dest
+
+
+def fetch_debian_headers(dest: Path = HEADER_CACHE) -> Path:
+    """Download trixie's libonnxruntime-dev with a private apt config and unpack its headers."""
+    fix = (
+        "fix: set ORT_INCLUDE_DIR to a folder holding onnxruntime_cxx_api.h (e.g. the include/ "
+        "folder of an onnxruntime release)"
+    )
+    with tempfile.TemporaryDirectory(prefix="mvgpt-ort-") as tmp:
+        root = fetch_debian_packages((DEBIAN_PACKAGE,), DEBIAN_SUITE, Path(tmp) / "x", fix)
+        found = root / "usr" / "include" / "onnxruntime"
         if not _has_headers(found):
-            raise KernelError(f"{debs[-1].name} holds no {HEADER} under usr/include/onnxruntime")
+            raise KernelError(f"{DEBIAN_PACKAGE} holds no {HEADER} under usr/include/onnxruntime")
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(found, dest)
@@ -285,6 +316,127 @@ def build_library(output: Path = LIB_PATH, werror: bool = False, verbose: bool =
                     "compiler (C++17 needed) and the headers (set ORT_INCLUDE_DIR)"
                 )
         built = build_dir / "out" / LIB_NAME
+        if not built.is_file():
+            raise KernelError(f"CMake reported success but left no {built}")
+        tmp_lib = output.with_name(output.name + ".tmp")
+        shutil.copy2(built, tmp_lib)
+        os.replace(tmp_lib, output)
+    return output
+
+
+# ------------------------------------------------------------------ the native runtime (libmvgpt)
+# runtime/native/CMakeLists.txt: the C/C++ runtime. Its dependencies are system libraries: PCRE2
+# (the tokenizer's regex; its runtime library is on every Debian system, grep needs it), ICU (NFC)
+# and nlohmann/json (header-only). Headers missing from the system are fetched on Debian like
+# onnxruntime's (``fetch_debian_packages``, the machine's own suite) into runtime/native/_deps/.
+
+NATIVE_DIR = KERNEL_DIR.parent / "runtime" / "native"
+NATIVE_LIB_NAME = "libmvgpt.dylib" if sys.platform == "darwin" else "libmvgpt.so"
+NATIVE_LIB_PATH = NATIVE_DIR / "lib" / NATIVE_LIB_NAME
+NATIVE_DEPS = NATIVE_DIR / "_deps"
+# header -> the Debian package that has it
+NATIVE_HEADERS = {"pcre2.h": "libpcre2-dev", "nlohmann/json.hpp": "nlohmann-json3-dev"}
+SYSTEM_INCLUDE = (Path("/usr/include"), Path("/usr/local/include"), Path("/opt/homebrew/include"))
+SYSTEM_LIB_GLOBS = ("/usr/lib/*/", "/lib/*/", "/usr/lib/", "/usr/local/lib/", "/opt/homebrew/lib/")
+
+
+def native_sources() -> list[Path]:
+    """Every file of the native runtime's build (it is rebuilt when one is newer)."""
+    files = [NATIVE_DIR / "CMakeLists.txt"]
+    for sub in ("include", "src"):
+        files += sorted(p for p in (NATIVE_DIR / sub).rglob("*") if p.is_file())
+    return files
+
+
+def native_is_up_to_date(lib: Path = NATIVE_LIB_PATH) -> bool:
+    if not lib.is_file():
+        return False
+    newest = max(p.stat().st_mtime for p in (*native_sources(), Path(__file__)))
+    return lib.stat().st_mtime >= newest
+
+
+def _system_library(stem: str) -> str | None:
+    """The full path of a shared library on the system (``libpcre2-8`` -> .../libpcre2-8.so.0)."""
+    suffixes = (".dylib", ".0.dylib") if sys.platform == "darwin" else (".so", ".so.0")
+    for pattern in SYSTEM_LIB_GLOBS:
+        for suffix in suffixes:
+            found = sorted(glob.glob(f"{pattern}{stem}{suffix}"))
+            if found and Path(found[0]).exists():
+                return found[0]
+    return None
+
+
+def native_dependencies(fetch: bool = True) -> list[str]:
+    """The CMake ``-D`` arguments that say where the native runtime's dependencies are."""
+    fix = "fix: install libpcre2-dev and nlohmann-json3-dev (or their equivalents)"
+    include: dict[str, Path] = {}
+    for header in NATIVE_HEADERS:
+        for folder in (*SYSTEM_INCLUDE, NATIVE_DEPS / "usr" / "include"):
+            if (folder / header).is_file():
+                include[header] = folder
+                break
+    missing = tuple(NATIVE_HEADERS[h] for h in NATIVE_HEADERS if h not in include)
+    if missing:
+        if not fetch:
+            raise KernelError(f"{', '.join(missing)} not found; {fix}")
+        with tempfile.TemporaryDirectory(prefix="mvgpt-deps-") as tmp:
+            root = fetch_debian_packages(missing, os_codename(), Path(tmp) / "x", fix)
+            dest = NATIVE_DEPS / "usr" / "include"
+            shutil.copytree(root / "usr" / "include", dest, dirs_exist_ok=True)
+        for header in NATIVE_HEADERS:
+            if header not in include:
+                if not (dest / header).is_file():
+                    raise KernelError(f"the fetched packages hold no usr/include/{header}; {fix}")
+                include[header] = dest
+    pcre2 = _system_library("libpcre2-8")
+    if pcre2 is None:
+        raise KernelError(f"the PCRE2 library (libpcre2-8) is not on this system; {fix}")
+    return [
+        f"-DPCRE2_INCLUDE_DIR={include['pcre2.h']}",
+        f"-DPCRE2_LIBRARY={pcre2}",
+        f"-DJSON_INCLUDE_DIR={include['nlohmann/json.hpp']}",
+    ]
+
+
+def build_native_runtime(
+    output: Path = NATIVE_LIB_PATH,
+    werror: bool = False,
+    sanitize: str = "",
+    verbose: bool = False,
+) -> Path:
+    """Build libmvgpt with CMake into ``output`` (replaced atomically); ``sanitize``: e.g.
+    ``address,undefined``. Raises KernelError naming what is missing or the compiler's errors."""
+    cmake = find_tool("cmake")
+    if cmake is None:
+        raise KernelError("CMake not found: expected cmake on PATH or the cmake Python package; "
+                          "fix: pip install cmake (or apt-get install cmake)")  # fmt: skip
+    defines = native_dependencies()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mvgpt-native-") as tmp:
+        build_dir = Path(tmp)
+        configure = [cmake, "-S", str(NATIVE_DIR), "-B", str(build_dir), *defines]
+        ninja = find_tool("ninja")
+        if ninja:
+            configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        configure += [
+            f"-DMVGPT_WERROR={'ON' if werror else 'OFF'}",
+            f"-DMVGPT_SANITIZE={sanitize}",
+            f"-DMVGPT_OUTPUT_DIR={build_dir / 'out'}",
+        ]
+        jobs = str(max(1, min(4, os.cpu_count() or 1)))
+        for cmd in (configure, [cmake, "--build", str(build_dir), "--parallel", jobs]):
+            if verbose:
+                print(" ".join(cmd), file=sys.stderr)
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode != 0:
+                log = (run.stdout + run.stderr).strip()[-4000:]
+                raise KernelError(
+                    f"building the native runtime failed ('{' '.join(cmd[:2])}' exit "
+                    f"{run.returncode}):\n{log}\nfix: check the compiler (C++17) and the "
+                    "dependencies (libpcre2-dev, libicu-dev, nlohmann-json3-dev)"
+                )
+        built = build_dir / "out" / NATIVE_LIB_NAME
         if not built.is_file():
             raise KernelError(f"CMake reported success but left no {built}")
         tmp_lib = output.with_name(output.name + ".tmp")
