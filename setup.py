@@ -70,16 +70,11 @@ def native_build():
 
 class BuildPyWithKernels(build_py):
     """build_py, then the custom-op library into the package's kernels/lib/ (the source folder's
-    for an editable install, where the runtime finds it), and the native runtime (libmvgpt) into
-    runtime/native/lib/."""
+    for an editable install, where the runtime finds it)."""
 
     def run(self):
         super().run()
         native = native_build()
-        self.build_kernels(native)
-        self.build_native_runtime(native)
-
-    def build_kernels(self, native):
         if getattr(self, "editable_mode", False):
             target = native.LIB_PATH
             if native.is_up_to_date(target):
@@ -100,30 +95,6 @@ class BuildPyWithKernels(build_py):
                 "graphs (correct, several times slower); rebuild later with "
                 "`python -m mvgpt.kernels.build`\n"
             )
-            return
-        sys.stderr.write(f"mvgpt: built {target}\n")
-        self.build_native_runtime(native)
-
-    def build_native_runtime(self, native):
-        """libmvgpt, the C/C++ runtime (runtime/native), beside the Python runtime: into the
-        source folder's runtime/native/lib/ for an editable install, else the build's."""
-        if getattr(self, "editable_mode", False):
-            target = native.NATIVE_LIB_PATH
-            if native.native_is_up_to_date(target):
-                return
-        else:
-            target = Path(self.build_lib) / "mvgpt" / "runtime" / "native" / "lib"
-            target = target / native.NATIVE_LIB_NAME
-            target.unlink(missing_ok=True)
-        try:
-            native.build_native_runtime(target)
-        except native.KernelError as e:
-            message = f"mvgpt: the native runtime (libmvgpt) was not built: {e}"
-            if os.environ.get(REQUIRE_NATIVE_ENV) == "1":
-                raise SystemExit(
-                    f"{message}\n({REQUIRE_NATIVE_ENV}=1: the native build is required)"
-                ) from e
-            sys.stderr.write(f"{message}\nmvgpt: the Python runtime does not need it\n")
             return
         sys.stderr.write(f"mvgpt: built {target}\n")
 

@@ -5,7 +5,9 @@ command rebuilds it in place, e.g. after editing a kernel. The build itself (CMa
 headers) is ``native_build``; see its docstring. The library goes to ``kernels/lib/``, where the
 runtime looks (``runtime.sessions.built_library_path``). ``--werror`` turns warnings into errors;
 ``--output`` writes the library elsewhere. The build is skipped when the library is newer than
-every source file (``--force`` rebuilds).
+every source file (``--force`` rebuilds). ``--native`` builds the native C/C++ runtime instead
+(runtime/native: libmvgpt into its lib/, mvgpt-cli into its bin/), which the set-up command runs
+after the install.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from pathlib import Path
 
 from mvgpt.kernels.native_build import (  # noqa: F401  (re-exported for the tests and tools)
     KERNEL_DIR,
+    NATIVE_LIB_PATH,
     SOURCES,
     build_library,
+    build_native_runtime,
     compile_command,
     debian_mirror,
     find_headers,
     is_up_to_date,
+    native_is_up_to_date,
 )
 from mvgpt.runtime.errors import KernelError
 from mvgpt.runtime.sessions import built_library_path
@@ -48,8 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output", type=Path, help=f"write the library here instead of {LIB_PATH} (always builds)"
     )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="build the native C/C++ runtime (runtime/native: libmvgpt, mvgpt-cli) instead",
+    )
     args = parser.parse_args(argv)
     try:
+        if args.native:
+            if args.force or args.werror or not native_is_up_to_date():
+                path = build_native_runtime(werror=args.werror, verbose=args.verbose)
+            else:
+                path = NATIVE_LIB_PATH
+            print(path)
+            return 0
         path = build(force=args.force, verbose=args.verbose, werror=args.werror, output=args.output)
     except KernelError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -325,14 +325,20 @@ def build_library(output: Path = LIB_PATH, werror: bool = False, verbose: bool =
 
 
 # ------------------------------------------------------------------ the native runtime (libmvgpt)
-# runtime/native/CMakeLists.txt: the C/C++ runtime. Its dependencies are system libraries: PCRE2
-# (the tokenizer's regex; its runtime library is on every Debian system, grep needs it), ICU (NFC)
-# and nlohmann/json (header-only). Headers missing from the system are fetched on Debian like
-# onnxruntime's (``fetch_debian_packages``, the machine's own suite) into runtime/native/_deps/.
+# runtime/native/CMakeLists.txt: the C/C++ runtime, built by ``python -m mvgpt.kernels.build
+# --native`` (the set-up command runs it after the install: it links the installed onnxruntime
+# wheel's shared library, which a package build's isolated environment does not have). Its other
+# dependencies are system libraries: PCRE2 (the tokenizer's regex; its runtime library is on every
+# Debian system, grep needs it), ICU (NFC) and nlohmann/json (header-only). Headers missing from
+# the system are fetched on Debian like onnxruntime's (``fetch_debian_packages``, the machine's own
+# suite) into runtime/native/_deps/.
 
 NATIVE_DIR = KERNEL_DIR.parent / "runtime" / "native"
 NATIVE_LIB_NAME = "libmvgpt.dylib" if sys.platform == "darwin" else "libmvgpt.so"
-NATIVE_LIB_PATH = NATIVE_DIR / "lib" / NATIVE_LIB_NAME
+NATIVE_LIB_DIR = NATIVE_DIR / "lib"
+NATIVE_BIN_DIR = NATIVE_DIR / "bin"
+NATIVE_LIB_PATH = NATIVE_LIB_DIR / NATIVE_LIB_NAME
+NATIVE_CLI = "mvgpt-cli"
 NATIVE_DEPS = NATIVE_DIR / "_deps"
 # header -> the Debian package that has it
 NATIVE_HEADERS = {"pcre2.h": "libpcre2-dev", "nlohmann/json.hpp": "nlohmann-json3-dev"}
@@ -343,7 +349,7 @@ SYSTEM_LIB_GLOBS = ("/usr/lib/*/", "/lib/*/", "/usr/lib/", "/usr/local/lib/", "/
 def native_sources() -> list[Path]:
     """Every file of the native runtime's build (it is rebuilt when one is newer)."""
     files = [NATIVE_DIR / "CMakeLists.txt"]
-    for sub in ("include", "src"):
+    for sub in ("include", "src", "tools"):
         files += sorted(p for p in (NATIVE_DIR / sub).rglob("*") if p.is_file())
     return files
 
@@ -398,23 +404,56 @@ def native_dependencies(fetch: bool = True) -> list[str]:
     ]
 
 
+def onnxruntime_library() -> Path:
+    """The onnxruntime shared library of the installed onnxruntime wheel (``capi/``), or the one
+    ``$ORT_LIBRARY`` names."""
+    env = os.environ.get("ORT_LIBRARY")
+    if env:
+        if not Path(env).is_file():
+            raise KernelError(
+                f"ORT_LIBRARY={env} is not a file; fix: point it at libonnxruntime.so.1.*"
+            )
+        return Path(env)
+    import importlib.util
+
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise KernelError(
+            "the onnxruntime package is not installed: expected its shared library for the native "
+            "runtime, got none; fix: pip install onnxruntime (the set-up command does), or set "
+            "ORT_LIBRARY"
+        )
+    capi = Path(next(iter(spec.submodule_search_locations))) / "capi"
+    pattern = "libonnxruntime.*.dylib" if sys.platform == "darwin" else "libonnxruntime.so.*"
+    found = sorted(capi.glob(pattern))
+    if not found:
+        raise KernelError(f"no {pattern} in {capi}; fix: reinstall onnxruntime or set ORT_LIBRARY")
+    return found[-1]
+
+
 def build_native_runtime(
-    output: Path = NATIVE_LIB_PATH,
+    lib_dir: Path = NATIVE_LIB_DIR,
+    bin_dir: Path = NATIVE_BIN_DIR,
     werror: bool = False,
     sanitize: str = "",
     verbose: bool = False,
 ) -> Path:
-    """Build libmvgpt with CMake into ``output`` (replaced atomically); ``sanitize``: e.g.
-    ``address,undefined``. Raises KernelError naming what is missing or the compiler's errors."""
+    """Build libmvgpt and mvgpt-cli with CMake: the library (with a link to the onnxruntime
+    library it was built against) into ``lib_dir``, the command line into ``bin_dir``; returns the
+    library's path. ``sanitize``: e.g. ``address,undefined``. Raises KernelError naming what is
+    missing or the compiler's errors."""
     cmake = find_tool("cmake")
     if cmake is None:
         raise KernelError("CMake not found: expected cmake on PATH or the cmake Python package; "
                           "fix: pip install cmake (or apt-get install cmake)")  # fmt: skip
     defines = native_dependencies()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    defines += [f"-DORT_INCLUDE_DIR={find_headers()}", f"-DORT_LIBRARY={onnxruntime_library()}"]
+    if LIB_PATH.is_file():
+        defines.append(f"-DMVGPT_OPS_LIBRARY_DEFAULT={LIB_PATH}")
+    lib_dir, bin_dir = Path(lib_dir), Path(bin_dir)
     with tempfile.TemporaryDirectory(prefix="mvgpt-native-") as tmp:
         build_dir = Path(tmp)
+        out = build_dir / "out"
         configure = [cmake, "-S", str(NATIVE_DIR), "-B", str(build_dir), *defines]
         ninja = find_tool("ninja")
         if ninja:
@@ -422,7 +461,7 @@ def build_native_runtime(
         configure += [
             f"-DMVGPT_WERROR={'ON' if werror else 'OFF'}",
             f"-DMVGPT_SANITIZE={sanitize}",
-            f"-DMVGPT_OUTPUT_DIR={build_dir / 'out'}",
+            f"-DMVGPT_OUTPUT_DIR={out}",
         ]
         jobs = str(max(1, min(4, os.cpu_count() or 1)))
         for cmd in (configure, [cmake, "--build", str(build_dir), "--parallel", jobs]):
@@ -436,10 +475,19 @@ def build_native_runtime(
                     f"{run.returncode}):\n{log}\nfix: check the compiler (C++17) and the "
                     "dependencies (libpcre2-dev, libicu-dev, nlohmann-json3-dev)"
                 )
-        built = build_dir / "out" / NATIVE_LIB_NAME
-        if not built.is_file():
-            raise KernelError(f"CMake reported success but left no {built}")
-        tmp_lib = output.with_name(output.name + ".tmp")
-        shutil.copy2(built, tmp_lib)
-        os.replace(tmp_lib, output)
-    return output
+        built = out / NATIVE_LIB_NAME
+        if not built.is_file() or not (out / NATIVE_CLI).is_file():
+            raise KernelError(f"CMake reported success but left no {built} or {NATIVE_CLI}")
+        lib_dir.mkdir(parents=True, exist_ok=True)
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for item in out.iterdir():  # the library, the onnxruntime link, the command line
+            dest = (bin_dir if item.name == NATIVE_CLI else lib_dir) / item.name
+            tmp_dest = dest.with_name(dest.name + ".tmp")
+            if tmp_dest.is_symlink() or tmp_dest.exists():
+                tmp_dest.unlink()
+            if item.is_symlink():
+                tmp_dest.symlink_to(os.readlink(item))
+            else:
+                shutil.copy2(item, tmp_dest)
+            os.replace(tmp_dest, dest)
+    return lib_dir / NATIVE_LIB_NAME

@@ -25,7 +25,12 @@ def checkpoint_05b(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_package(tiny_checkpoint, tmp_path_factory) -> Path:
-    """One fp32 package exported from the tiny checkpoint, shared by every test of the session."""
+    """One fp32 package exported from the tiny checkpoint, shared by every test of the session
+    (``$MVGPT_TEST_TINY_PACKAGE``: one a parent test process exported)."""
+    import os
+
+    if os.environ.get("MVGPT_TEST_TINY_PACKAGE"):
+        return Path(os.environ["MVGPT_TEST_TINY_PACKAGE"])
     from mvgpt.exporter.package import export_package
 
     out = tmp_path_factory.mktemp("tiny_package") / "pkg"

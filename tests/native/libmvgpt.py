@@ -108,3 +108,156 @@ class Tokenizer:
 
     def token_id(self, token: str) -> int:
         return self.lib.mvgpt_tokenizer_token_id(self.handle, token.encode())
+
+
+class ModelParams(ctypes.Structure):
+    _fields_ = [("threads", ctypes.c_int), ("ops_library", ctypes.c_char_p)]
+
+
+class AnswerParams(ctypes.Structure):
+    _fields_ = [
+        ("max_new_tokens", ctypes.c_int),
+        ("temperature", ctypes.c_double),
+        ("top_p", ctypes.c_double),
+        ("top_k", ctypes.c_int),
+        ("repetition_penalty", ctypes.c_double),
+        ("seed", ctypes.c_uint64),
+        ("use_seed", ctypes.c_int),
+    ]
+
+
+TEXT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p)
+
+
+def declare_model_api(lib: ctypes.CDLL) -> ctypes.CDLL:
+    c, vp = ctypes, ctypes.c_void_p
+    lib.mvgpt_model_default_params.restype = ModelParams
+    lib.mvgpt_model_load.argtypes = [c.c_char_p, c.POINTER(ModelParams), c.POINTER(vp)]
+    lib.mvgpt_model_free.argtypes = [vp]
+    lib.mvgpt_model_custom_ops.argtypes = [vp]
+    lib.mvgpt_model_notes.argtypes = [vp]
+    lib.mvgpt_model_notes.restype = c.c_char_p
+    lib.mvgpt_encode_frames.argtypes = [vp, vp, c.c_int, c.c_int, c.c_int, c.POINTER(vp)]
+    lib.mvgpt_encoding_free.argtypes = [vp]
+    lib.mvgpt_encoding_visual.argtypes = [vp, c.POINTER(c.c_size_t), c.POINTER(c.c_size_t)]
+    lib.mvgpt_encoding_visual.restype = c.POINTER(c.c_float)
+    lib.mvgpt_encoding_frames.argtypes = [
+        vp, c.POINTER(c.POINTER(c.c_int32)), c.POINTER(c.POINTER(c.c_int32)),
+        c.POINTER(c.c_size_t),
+    ]  # fmt: skip
+    lib.mvgpt_encoding_frames.restype = c.c_size_t
+    lib.mvgpt_answer_default_params.restype = AnswerParams
+    lib.mvgpt_answer_question.argtypes = [
+        vp,
+        vp,
+        c.c_char_p,
+        c.POINTER(AnswerParams),
+        TEXT_CALLBACK,
+        vp,
+        c.POINTER(vp),
+    ]
+    lib.mvgpt_answer_text.argtypes = [vp]
+    lib.mvgpt_answer_text.restype = c.c_char_p
+    lib.mvgpt_answer_json.argtypes = [vp]
+    lib.mvgpt_answer_json.restype = c.c_char_p
+    lib.mvgpt_answer_token_ids.argtypes = [vp, c.POINTER(c.POINTER(c.c_int32))]
+    lib.mvgpt_answer_token_ids.restype = c.c_size_t
+    lib.mvgpt_answer_free.argtypes = [vp]
+    return lib
+
+
+def ops_library() -> str:
+    """The custom-op library the set-up builds (the Python runtime's)."""
+    from mvgpt.runtime.sessions import built_library_path
+
+    return str(built_library_path())
+
+
+class Model:
+    """A package loaded by the native runtime, through the C API."""
+
+    def __init__(self, lib: ctypes.CDLL, package, threads: int = 0, ops: str | None = None):
+        self.lib = declare_model_api(lib)
+        self.handle = ctypes.c_void_p()
+        params = ModelParams(threads, (ops if ops is not None else ops_library()).encode())
+        self._check(lib.mvgpt_model_load(str(package).encode(), params, ctypes.byref(self.handle)))
+
+    def _check(self, status: int) -> None:
+        if status != OK:
+            raise NativeError(status, self.lib.mvgpt_last_error().decode())
+
+    @property
+    def custom_ops(self) -> bool:
+        return bool(self.lib.mvgpt_model_custom_ops(self.handle))
+
+    def encode(self, frames) -> ctypes.c_void_p:
+        import numpy as np
+
+        frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        encoding = ctypes.c_void_p()
+        num, height, width = frames.shape[:3]
+        self._check(
+            self.lib.mvgpt_encode_frames(
+                self.handle, frames.ctypes.data, num, height, width, ctypes.byref(encoding)
+            )
+        )
+        return encoding
+
+    def visual(self, encoding):
+        import numpy as np
+
+        rows, cols = ctypes.c_size_t(), ctypes.c_size_t()
+        data = self.lib.mvgpt_encoding_visual(encoding, ctypes.byref(rows), ctypes.byref(cols))
+        return np.ctypeslib.as_array(data, shape=(rows.value, cols.value)).copy()
+
+    def frames(self, encoding) -> tuple[list[int], list[int]]:
+        sampled, selected = ctypes.POINTER(ctypes.c_int32)(), ctypes.POINTER(ctypes.c_int32)()
+        count = ctypes.c_size_t()
+        n = self.lib.mvgpt_encoding_frames(
+            encoding, ctypes.byref(sampled), ctypes.byref(selected), ctypes.byref(count)
+        )
+        return sampled[:n], selected[: count.value]
+
+    def answer(self, encoding, question: str, on_text=None, **options) -> dict:
+        """The answer's JSON record; ``on_text(str) -> bool`` (False stops) hears the pieces."""
+        import json
+
+        params = self.lib.mvgpt_answer_default_params()
+        for key, value in options.items():
+            setattr(params, key, value)
+            if key == "seed":
+                params.use_seed = 1
+
+        def forward(text, length, _user):
+            return 0 if on_text(ctypes.string_at(text, length).decode()) else 1
+
+        callback = TEXT_CALLBACK(forward) if on_text is not None else TEXT_CALLBACK()
+        answer = ctypes.c_void_p()
+        self._check(
+            self.lib.mvgpt_answer_question(
+                self.handle,
+                encoding,
+                question.encode(),
+                params,
+                callback,
+                None,
+                ctypes.byref(answer),
+            )  # fmt: skip
+        )
+        try:
+            record = json.loads(self.lib.mvgpt_answer_json(answer).decode())
+            ids = ctypes.POINTER(ctypes.c_int32)()
+            n = self.lib.mvgpt_answer_token_ids(answer, ctypes.byref(ids))
+            assert record["token_ids"] == ids[:n]
+            assert record["answer"] == self.lib.mvgpt_answer_text(answer).decode()
+            return record
+        finally:
+            self.lib.mvgpt_answer_free(answer)
+
+    def free_encoding(self, encoding) -> None:
+        self.lib.mvgpt_encoding_free(encoding)
+
+    def close(self) -> None:
+        if self.handle:
+            self.lib.mvgpt_model_free(self.handle)
+            self.handle = ctypes.c_void_p()

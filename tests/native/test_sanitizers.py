@@ -1,6 +1,8 @@
 """The native runtime's tests again on a build with AddressSanitizer and UndefinedBehaviorSanitizer
-(any finding aborts the run): the library is built with ``-fsanitize=address,undefined``, and the
-test process (Python, which loads it through ctypes) starts with the ASan runtime preloaded."""
+(any finding aborts the run): libmvgpt and mvgpt-cli are built with
+``-fsanitize=address,undefined``, and the test process (Python, which loads the library through
+ctypes) starts with the ASan runtime preloaded. The tiny package is this session's (exported once,
+outside the sanitized process)."""
 
 from __future__ import annotations
 
@@ -10,19 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mvgpt.kernels.native_build import NATIVE_LIB_NAME, build_native_runtime
+from mvgpt.kernels.native_build import NATIVE_CLI, build_native_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_native_tests_pass_under_asan_and_ubsan(tmp_path):
+def test_native_tests_pass_under_asan_and_ubsan(tmp_path, tiny_package):
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
     assert compiler, "no C++ compiler on PATH (the set-up command needs one too)"
     lib = build_native_runtime(
-        tmp_path / NATIVE_LIB_NAME, werror=True, sanitize="address,undefined"
+        tmp_path / "lib", tmp_path / "bin", werror=True, sanitize="address,undefined"
     )  # (warnings are errors too)
-    linked = subprocess.run(["ldd", str(lib)], capture_output=True, text=True).stdout
-    assert "libasan" in linked and "libubsan" in linked, linked  # the sanitizers are in
+    for binary in (lib, tmp_path / "bin" / NATIVE_CLI):  # the sanitizers are in
+        linked = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+        assert "libasan" in linked and "libubsan" in linked, linked
 
     def runtime_library(name: str) -> str:
         found = subprocess.run(
@@ -41,12 +44,14 @@ def test_native_tests_pass_under_asan_and_ubsan(tmp_path):
         "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
         "MVGPT_NATIVE_LIBRARY": str(lib),
+        "MVGPT_NATIVE_CLI": str(tmp_path / "bin" / NATIVE_CLI),
         "MVGPT_NATIVE_STRINGS": "2000",
+        "MVGPT_TEST_TINY_PACKAGE": str(tiny_package),
     }
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/native/test_tokenizer.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+         "tests/native/test_tokenizer.py", "tests/native/test_pipeline.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     print(run.stdout[-3000:], run.stderr[-3000:])
     assert run.returncode == 0

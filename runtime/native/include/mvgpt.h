@@ -5,9 +5,15 @@
  * (`mvgpt_last_error`). No C++ exception crosses this header. Strings are UTF-8; sizes are in
  * bytes or elements as named.
  *
- * Reads the package format of runtime/PACKAGE.md (schema 3). This version holds the tokenizer:
- * tokenizer.json's byte-level BPE (its normalizer, pre-tokenizer regex and added tokens), encoding
- * exactly as Hugging Face `tokenizers` does.
+ * Reads the package format of runtime/PACKAGE.md (schema 3) and answers as the Python runtime
+ * (`mvgpt-run`, `mvgpt.runtime.Pipeline`) does: the same token ids for greedy answers. A model
+ * is a loaded package; an encoding is one video's visual embeddings, which answers any number of
+ * questions (the KV cache of the prompt before the question is kept with it); an answer holds
+ * its text, token ids and timings. The tokenizer is tokenizer.json's byte-level BPE (its
+ * normalizer, pre-tokenizer regex and added tokens), encoding exactly as Hugging Face
+ * `tokenizers` does.
+ *
+ * Thread safety: one model answers one question at a time; use one model per thread.
  */
 #ifndef MVGPT_H
 #define MVGPT_H
@@ -73,6 +79,72 @@ MVGPT_API int32_t mvgpt_tokenizer_token_id(const mvgpt_tokenizer *tokenizer, con
 
 /* Number of ids: the vocabulary's and the added tokens' (the largest id + 1). */
 MVGPT_API size_t mvgpt_tokenizer_vocab_size(const mvgpt_tokenizer *tokenizer);
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct mvgpt_model mvgpt_model;
+typedef struct mvgpt_encoding mvgpt_encoding;
+typedef struct mvgpt_answer mvgpt_answer;
+
+typedef struct mvgpt_model_params {
+  int threads;             /* onnxruntime intra-op threads; 0: its default */
+  const char *ops_library; /* the mvgpt custom-op library (libmvgpt_ops); NULL or "": the
+                              MVGPT_OPS_LIBRARY environment variable, else the portable graphs */
+} mvgpt_model_params;
+
+MVGPT_API mvgpt_model_params mvgpt_model_default_params(void);
+
+/* Load a package folder (manifest.json, the graphs, tokenizer.json). */
+MVGPT_API mvgpt_status mvgpt_model_load(const char *package, const mvgpt_model_params *params,
+                                        mvgpt_model **out);
+MVGPT_API void mvgpt_model_free(mvgpt_model *model);
+
+/* 1 when the custom-op graphs run (else the portable ones); what the user should hear once about
+ * the load (lines), "" when nothing. */
+MVGPT_API int mvgpt_model_custom_ops(const mvgpt_model *model);
+MVGPT_API const char *mvgpt_model_notes(const mvgpt_model *model);
+
+/* Encode a video given as `num_frames` RGB frames in memory: (num_frames, height, width, 3) uint8,
+ * row-major; each frame counts as one second (frames are sampled as the package says). */
+MVGPT_API mvgpt_status mvgpt_encode_frames(mvgpt_model *model, const uint8_t *rgb, int num_frames,
+                                           int height, int width, mvgpt_encoding **out);
+MVGPT_API void mvgpt_encoding_free(mvgpt_encoding *encoding);
+
+/* The encoding's visual embeddings, (`*rows`, `*cols`) float32 row-major (image tokens, then video
+ * tokens), pointing into the encoding; and the frames it used: `*count` indices into the frames
+ * given, then the selected ones among those (positions in the sampled frames). */
+MVGPT_API const float *mvgpt_encoding_visual(const mvgpt_encoding *encoding, size_t *rows, size_t *cols);
+MVGPT_API size_t mvgpt_encoding_frames(const mvgpt_encoding *encoding, const int32_t **sampled,
+                                       const int32_t **selected, size_t *selected_count);
+
+typedef struct mvgpt_answer_params {
+  int max_new_tokens;        /* 0: the package's default */
+  double temperature;        /* > 0: sample (not the same draws as the Python runtime); else greedy */
+  double top_p;              /* < 0: the package's */
+  int top_k;                 /* < 0: the package's */
+  double repetition_penalty; /* <= 0: the package's */
+  uint64_t seed;             /* used when use_seed is nonzero */
+  int use_seed;
+} mvgpt_answer_params;
+
+MVGPT_API mvgpt_answer_params mvgpt_answer_default_params(void);
+
+/* Hears each piece of an answer's text as it is decided (UTF-8, complete characters only);
+ * return nonzero to stop the answer there. */
+typedef int (*mvgpt_text_callback)(const char *text, size_t length, void *user_data);
+
+/* Answer `question` (UTF-8) about `encoding`; `on_text` may be NULL. */
+MVGPT_API mvgpt_status mvgpt_answer_question(mvgpt_model *model, mvgpt_encoding *encoding,
+                                             const char *question, const mvgpt_answer_params *params,
+                                             mvgpt_text_callback on_text, void *user_data,
+                                             mvgpt_answer **out);
+MVGPT_API const char *mvgpt_answer_text(const mvgpt_answer *answer);
+/* The generated ids (eos not included); `*ids` points into the answer. */
+MVGPT_API size_t mvgpt_answer_token_ids(const mvgpt_answer *answer, const int32_t **ids);
+/* The answer as JSON, with the fields of `mvgpt-run --json`: answer, token_ids, frame_indices,
+ * selected_frames, seconds (per stage), ttft_s, decode_tokens_per_s, encoding_reused, custom_ops. */
+MVGPT_API const char *mvgpt_answer_json(const mvgpt_answer *answer);
+MVGPT_API void mvgpt_answer_free(mvgpt_answer *answer);
 
 #ifdef __cplusplus
 }

@@ -1,16 +1,39 @@
 // The C API: converts arguments, forwards to the classes, and turns every exception into a status
 // and this thread's last message. No exception leaves this file.
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "mvgpt.h"
+#include "pipeline.h"
 #include "status.h"
 #include "tokenizer.h"
 
 struct mvgpt_tokenizer {
   mvgpt::Tokenizer impl;
   explicit mvgpt_tokenizer(const std::string& path) : impl(path) {}
+};
+
+struct mvgpt_model {
+  mvgpt::Pipeline impl;
+  std::string notes;
+  mvgpt_model(const std::string& path, const mvgpt::ModelOptions& options) : impl(path, options) {
+    for (const auto& note : impl.model().notes()) notes += note + "\n";
+  }
+};
+
+struct mvgpt_encoding {
+  std::unique_ptr<mvgpt::Encoding> impl;
+  size_t hidden = 0;
+  bool answered = false;  // (its stages' seconds go with its first answer, as mvgpt-run reports)
+};
+
+struct mvgpt_answer {
+  mvgpt::Answer impl;
+  std::string json;
 };
 
 namespace {
@@ -110,5 +133,137 @@ int32_t mvgpt_tokenizer_token_id(const mvgpt_tokenizer* tokenizer, const char* t
 size_t mvgpt_tokenizer_vocab_size(const mvgpt_tokenizer* tokenizer) {
   return tokenizer == nullptr ? 0 : tokenizer->impl.vocab_size();
 }
+
+mvgpt_model_params mvgpt_model_default_params(void) { return mvgpt_model_params{0, nullptr}; }
+
+mvgpt_status mvgpt_model_load(const char* package, const mvgpt_model_params* params, mvgpt_model** out) {
+  if (out == nullptr) return null_argument("out");
+  *out = nullptr;
+  if (package == nullptr) return null_argument("package");
+  const mvgpt_model_params p = params != nullptr ? *params : mvgpt_model_default_params();
+  if (p.threads < 0) {
+    return fail(MVGPT_INVALID_ARGUMENT, "threads: expected 0 (the default) or more, got " + std::to_string(p.threads) +
+                                            "; fix: pass a thread count >= 0");
+  }
+  return guarded([&] {
+    mvgpt::ModelOptions options;
+    options.threads = p.threads;
+    options.ops_library = p.ops_library != nullptr ? p.ops_library : "";
+    *out = new mvgpt_model(package, options);
+    return MVGPT_OK;
+  });
+}
+
+void mvgpt_model_free(mvgpt_model* model) { delete model; }
+
+int mvgpt_model_custom_ops(const mvgpt_model* model) { return model != nullptr && model->impl.model().custom_ops() ? 1 : 0; }
+
+const char* mvgpt_model_notes(const mvgpt_model* model) { return model == nullptr ? "" : model->notes.c_str(); }
+
+mvgpt_status mvgpt_encode_frames(mvgpt_model* model, const uint8_t* rgb, int num_frames, int height, int width,
+                                 mvgpt_encoding** out) {
+  if (out == nullptr) return null_argument("out");
+  *out = nullptr;
+  if (model == nullptr) return null_argument("model");
+  if (rgb == nullptr) return null_argument("rgb");
+  if (num_frames < 1 || height < 1 || width < 1 || static_cast<int64_t>(height) * width > (int64_t{1} << 26)) {
+    return fail(MVGPT_INVALID_ARGUMENT, "frames: expected (num_frames >= 1, height >= 1, width >= 1, 3) uint8 RGB of at most 2^26 pixels "
+                                        "a frame, got (" + std::to_string(num_frames) + ", " + std::to_string(height) + ", " +
+                                            std::to_string(width) + ", 3); fix: pass decoded RGB frames");
+  }
+  return guarded([&] {
+    auto encoding = std::make_unique<mvgpt_encoding>();
+    encoding->impl = model->impl.encode_frames(rgb, num_frames, height, width);
+    encoding->hidden = static_cast<size_t>(model->impl.model().manifest().hidden_size);
+    *out = encoding.release();
+    return MVGPT_OK;
+  });
+}
+
+void mvgpt_encoding_free(mvgpt_encoding* encoding) { delete encoding; }
+
+const float* mvgpt_encoding_visual(const mvgpt_encoding* encoding, size_t* rows, size_t* cols) {
+  if (encoding == nullptr || !encoding->impl || rows == nullptr || cols == nullptr) return nullptr;
+  *cols = encoding->hidden;
+  *rows = encoding->hidden == 0 ? 0 : encoding->impl->visual.size() / encoding->hidden;
+  return encoding->impl->visual.data();
+}
+
+size_t mvgpt_encoding_frames(const mvgpt_encoding* encoding, const int32_t** sampled, const int32_t** selected,
+                             size_t* selected_count) {
+  if (encoding == nullptr || !encoding->impl) return 0;
+  if (sampled != nullptr) *sampled = encoding->impl->frame_indices.data();
+  if (selected != nullptr) *selected = encoding->impl->selected_frames.data();
+  if (selected_count != nullptr) *selected_count = encoding->impl->selected_frames.size();
+  return encoding->impl->frame_indices.size();
+}
+
+mvgpt_answer_params mvgpt_answer_default_params(void) { return mvgpt_answer_params{0, 0.0, -1.0, -1, 0.0, 0, 0}; }
+
+mvgpt_status mvgpt_answer_question(mvgpt_model* model, mvgpt_encoding* encoding, const char* question,
+                                   const mvgpt_answer_params* params, mvgpt_text_callback on_text, void* user_data,
+                                   mvgpt_answer** out) {
+  if (out == nullptr) return null_argument("out");
+  *out = nullptr;
+  if (model == nullptr) return null_argument("model");
+  if (encoding == nullptr || !encoding->impl) return null_argument("encoding");
+  if (question == nullptr) return null_argument("question");
+  const mvgpt_answer_params p = params != nullptr ? *params : mvgpt_answer_default_params();
+  if (p.max_new_tokens < 0) {
+    return fail(MVGPT_INVALID_ARGUMENT, "max_new_tokens: expected 0 (the package's) or more, got " + std::to_string(p.max_new_tokens) +
+                                            "; fix: pass a token count >= 0");
+  }
+  return guarded([&] {
+    mvgpt::AnswerOptions options;
+    options.max_new_tokens = p.max_new_tokens;
+    if (p.temperature > 0) options.temperature = p.temperature;
+    if (p.top_p >= 0) options.top_p = p.top_p;
+    if (p.top_k >= 0) options.top_k = p.top_k;
+    if (p.repetition_penalty > 0) options.repetition_penalty = p.repetition_penalty;
+    if (p.use_seed) options.seed = p.seed;
+    std::function<bool(const std::string&)> callback;
+    if (on_text != nullptr) {
+      callback = [&](const std::string& text) { return on_text(text.c_str(), text.size(), user_data) == 0; };
+    }
+    auto answer = std::make_unique<mvgpt_answer>();
+    answer->impl = model->impl.answer(*encoding->impl, question, options, callback);
+    const mvgpt::Encoding& e = *encoding->impl;
+    nlohmann::ordered_json seconds = nlohmann::ordered_json::object();
+    for (const char* stage : {"decode_video", "clip_vision", "frame_scorer", "video_mamba", "projectors"}) {
+      const auto found = e.seconds.find(stage);
+      seconds[stage] = !encoding->answered && found != e.seconds.end() ? found->second : 0.0;
+    }
+    double encode_seconds = 0;
+    for (const auto& [k, v] : e.seconds) encode_seconds += v;
+    for (const auto& [k, v] : answer->impl.seconds) seconds[k] = v;
+    const mvgpt::Answer& a = answer->impl;
+    nlohmann::ordered_json record = {
+        {"answer", a.text},
+        {"token_ids", a.token_ids},
+        {"frame_indices", e.frame_indices},
+        {"selected_frames", e.selected_frames},
+        {"seconds", seconds},
+        {"ttft_s", a.ttft_s + (encoding->answered ? 0.0 : encode_seconds)},
+        {"decode_tokens_per_s", a.decode_tokens_per_s ? nlohmann::ordered_json(*a.decode_tokens_per_s) : nlohmann::ordered_json()},
+        {"encoding_reused", a.encoding_reused},
+        {"custom_ops", model->impl.model().custom_ops()},
+    };
+    answer->json = record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    encoding->answered = true;
+    *out = answer.release();
+    return MVGPT_OK;
+  });
+}
+
+const char* mvgpt_answer_text(const mvgpt_answer* answer) { return answer == nullptr ? "" : answer->impl.text.c_str(); }
+
+size_t mvgpt_answer_token_ids(const mvgpt_answer* answer, const int32_t** ids) {
+  if (ids != nullptr) *ids = answer == nullptr ? nullptr : answer->impl.token_ids.data();
+  return answer == nullptr ? 0 : answer->impl.token_ids.size();
+}
+
+const char* mvgpt_answer_json(const mvgpt_answer* answer) { return answer == nullptr ? "" : answer->json.c_str(); }
+
+void mvgpt_answer_free(mvgpt_answer* answer) { delete answer; }
 
 }  // extern "C"

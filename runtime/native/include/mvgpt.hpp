@@ -1,0 +1,106 @@
+// mvgpt.hpp: a thin C++17 layer over the C API (mvgpt.h): owning handles, std::string and
+// std::vector in and out, and mvgpt::Exception (status + message) for a failed call. Nothing
+// here is compiled into the library; the C API stays the boundary.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mvgpt.h"
+
+namespace mvgpt {
+
+class Exception : public std::runtime_error {
+ public:
+  Exception(mvgpt_status status, const char* message) : std::runtime_error(message), status_(status) {}
+  mvgpt_status status() const { return status_; }
+
+ private:
+  mvgpt_status status_;
+};
+
+inline void check(mvgpt_status status) {
+  if (status != MVGPT_OK) throw Exception(status, mvgpt_last_error());
+}
+
+template <typename T, void (*Free)(T*)>
+class Handle {
+ public:
+  Handle() = default;
+  explicit Handle(T* p) : p_(p) {}
+  Handle(Handle&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  Handle& operator=(Handle&& o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle() { Free(p_); }
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+class Answer {
+ public:
+  explicit Answer(mvgpt_answer* a) : h_(a) {}
+  std::string text() const { return mvgpt_answer_text(h_.get()); }
+  std::vector<int32_t> token_ids() const {
+    const int32_t* ids = nullptr;
+    const size_t n = mvgpt_answer_token_ids(h_.get(), &ids);
+    return std::vector<int32_t>(ids, ids + n);
+  }
+  std::string json() const { return mvgpt_answer_json(h_.get()); }
+
+ private:
+  Handle<mvgpt_answer, mvgpt_answer_free> h_;
+};
+
+class Encoding {
+ public:
+  explicit Encoding(mvgpt_encoding* e) : h_(e) {}
+  mvgpt_encoding* get() const { return h_.get(); }
+
+ private:
+  Handle<mvgpt_encoding, mvgpt_encoding_free> h_;
+};
+
+class Model {
+ public:
+  explicit Model(const std::string& package, mvgpt_model_params params = mvgpt_model_default_params()) {
+    mvgpt_model* m = nullptr;
+    check(mvgpt_model_load(package.c_str(), &params, &m));
+    h_ = Handle<mvgpt_model, mvgpt_model_free>(m);
+  }
+  // frames: (num_frames, height, width, 3) uint8 RGB
+  Encoding encode(const uint8_t* rgb, int num_frames, int height, int width) {
+    mvgpt_encoding* e = nullptr;
+    check(mvgpt_encode_frames(h_.get(), rgb, num_frames, height, width, &e));
+    return Encoding(e);
+  }
+  // on_text hears each piece of text; return false to stop
+  Answer answer(const Encoding& encoding, const std::string& question,
+                mvgpt_answer_params params = mvgpt_answer_default_params(),
+                std::function<bool(const std::string&)> on_text = nullptr) {
+    mvgpt_answer* a = nullptr;
+    auto forward = [](const char* text, size_t length, void* user) -> int {
+      auto* f = static_cast<std::function<bool(const std::string&)>*>(user);
+      return (*f)(std::string(text, length)) ? 0 : 1;
+    };
+    check(mvgpt_answer_question(h_.get(), encoding.get(), question.c_str(), &params, on_text ? +forward : nullptr,
+                                on_text ? &on_text : nullptr, &a));
+    return Answer(a);
+  }
+  bool custom_ops() const { return mvgpt_model_custom_ops(h_.get()) != 0; }
+  std::string notes() const { return mvgpt_model_notes(h_.get()); }
+
+ private:
+  Handle<mvgpt_model, mvgpt_model_free> h_;
+};
+
+}  // namespace mvgpt
