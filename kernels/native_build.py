@@ -401,6 +401,46 @@ def native_dependencies(fetch: bool = True) -> list[str]:
         f"-DPCRE2_INCLUDE_DIR={include['pcre2.h']}",
         f"-DPCRE2_LIBRARY={pcre2}",
         f"-DJSON_INCLUDE_DIR={include['nlohmann/json.hpp']}",
+        *_icu_defines(),
+    ]
+
+
+def _icu_defines() -> list[str]:
+    """CMake ``-D`` arguments for ICU: none when the system has its headers (CMake's FindICU finds
+    them); else libicu-dev fetched into runtime/native/_deps/icu/, with the system's libicuuc of
+    its version, or that library's own package fetched too (libmvgpt then loads it from there).
+    ``$MVGPT_FETCH_ICU`` (``headers`` or ``all``) fetches even so, to test this path."""
+    fix = "fix: install libicu-dev"
+    force = os.environ.get("MVGPT_FETCH_ICU", "")
+    if not force and any((d / "unicode" / "unorm2.h").is_file() for d in SYSTEM_INCLUDE):
+        return []
+    root = NATIVE_DEPS / "icu"
+    codename = os_codename()
+    if not (root / "usr" / "include" / "unicode" / "unorm2.h").is_file():
+        with tempfile.TemporaryDirectory(prefix="mvgpt-icu-") as tmp:
+            fetched = fetch_debian_packages(("libicu-dev",), codename, Path(tmp) / "x", fix)
+            shutil.copytree(fetched, root, symlinks=True, dirs_exist_ok=True)
+    links = sorted(glob.glob(str(root / "usr" / "lib" / "*" / "libicuuc.so")))  # (links to the
+    # runtime package's file: Path.glob would skip them while that is not there)
+    if not links:
+        raise KernelError(f"libicu-dev holds no usr/lib/*/libicuuc.so; {fix}")
+    major = os.readlink(links[0]).split(".so.")[-1].split(".")[0]  # libicuuc.so.72.1 -> 72
+    system = [p for g in SYSTEM_LIB_GLOBS for p in sorted(glob.glob(f"{g}libicuuc.so.{major}"))]
+    defines = [f"-DICU_INCLUDE_DIR={root / 'usr' / 'include'}"]
+    if system and force != "all":
+        return [*defines, f"-DICU_UC_LIBRARY_RELEASE={system[0]}"]
+    own = sorted(root.glob(f"usr/lib/*/libicuuc.so.{major}"))
+    if not own:
+        with tempfile.TemporaryDirectory(prefix="mvgpt-icu-") as tmp:
+            fetched = fetch_debian_packages((f"libicu{major}",), codename, Path(tmp) / "x", fix)
+            shutil.copytree(fetched, root, symlinks=True, dirs_exist_ok=True)
+        own = sorted(root.glob(f"usr/lib/*/libicuuc.so.{major}"))
+        if not own:
+            raise KernelError(f"libicu{major} holds no libicuuc.so.{major}; {fix}")
+    return [
+        *defines,
+        f"-DICU_UC_LIBRARY_RELEASE={own[0]}",
+        f"-DMVGPT_DEPS_LIBRARY_DIR={own[0].parent}",
     ]
 
 
