@@ -177,6 +177,18 @@ class Decoder {
     logits_.assign(static_cast<size_t>(m_.vocab_size), 0.0f);
     const std::array<int64_t, 3> logits_shape = {1, 1, m_.vocab_size};
     logits_value_ = Ort::Value::CreateTensor<float>(model.cpu(), logits_.data(), logits_.size(), logits_shape.data(), 3);
+    // the cache and the logits stay bound for every run; each run binds its embeds and mask
+    binding_ = std::make_unique<Ort::IoBinding>(model.session("decoder"));
+    for (int i = 0; i < m_.num_layers; ++i) {
+      const auto& names = stage_.cache[i];  // past key, past value, present key, present value
+      binding_->BindInput(names[0].c_str(), values_[2 * i]);
+      binding_->BindInput(names[1].c_str(), values_[2 * i + 1]);
+      binding_->BindOutput(names[2].c_str(), values_[2 * i]);
+      binding_->BindOutput(names[3].c_str(), values_[2 * i + 1]);
+    }
+    binding_->BindOutput(stage_.output_names.at("logits").c_str(), logits_value_);
+    keep_value_ = Ort::Value::CreateTensor<int64_t>(model.cpu(), &keep_last_, 1, nullptr, 0);
+    binding_->BindInput(stage_.input_names.at("num_logits_to_keep").c_str(), keep_value_);
   }
   int length() const { return length_; }
 
@@ -187,27 +199,15 @@ class Decoder {
       throw Error(MVGPT_INVALID_ARGUMENT, "KV cache: expected at most " + std::to_string(capacity_) + " positions, got " +
                                               std::to_string(total) + "; fix: lower max_new_tokens");
     }
-    Ort::Session& session = model_.session("decoder");
-    Ort::IoBinding binding(session);
     const std::array<int64_t, 3> shape = {1, positions, m_.hidden_size};
     Ort::Value x = Ort::Value::CreateTensor<float>(model_.cpu(), const_cast<float*>(embeds),
                                                    static_cast<size_t>(positions) * m_.hidden_size, shape.data(), 3);
     mask_.assign(static_cast<size_t>(total), 1);
     const std::array<int64_t, 2> mask_shape = {1, total};
     Ort::Value mask = Ort::Value::CreateTensor<int64_t>(model_.cpu(), mask_.data(), mask_.size(), mask_shape.data(), 2);
-    Ort::Value keep = Ort::Value::CreateTensor<int64_t>(model_.cpu(), &keep_last_, 1, nullptr, 0);
-    binding.BindInput(stage_.input_names.at("inputs_embeds").c_str(), x);
-    binding.BindInput(stage_.input_names.at("attention_mask").c_str(), mask);
-    binding.BindInput(stage_.input_names.at("num_logits_to_keep").c_str(), keep);
-    for (int i = 0; i < m_.num_layers; ++i) {
-      const auto& names = stage_.cache[i];  // past key, past value, present key, present value
-      binding.BindInput(names[0].c_str(), values_[2 * i]);
-      binding.BindInput(names[1].c_str(), values_[2 * i + 1]);
-      binding.BindOutput(names[2].c_str(), values_[2 * i]);
-      binding.BindOutput(names[3].c_str(), values_[2 * i + 1]);
-    }
-    binding.BindOutput(stage_.output_names.at("logits").c_str(), logits_value_);
-    session.Run(Ort::RunOptions{nullptr}, binding);
+    binding_->BindInput(stage_.input_names.at("inputs_embeds").c_str(), x);
+    binding_->BindInput(stage_.input_names.at("attention_mask").c_str(), mask);
+    model_.session("decoder").Run(Ort::RunOptions{nullptr}, *binding_);
     length_ = total;
     return logits_.data();
   }
@@ -251,7 +251,8 @@ class Decoder {
   int length_ = 0;
   std::vector<float> buffers_, logits_;
   std::vector<Ort::Value> values_;
-  Ort::Value logits_value_{nullptr};
+  Ort::Value logits_value_{nullptr}, keep_value_{nullptr};
+  std::unique_ptr<Ort::IoBinding> binding_;
   std::vector<int64_t> mask_;
   int64_t keep_last_ = 1;
 };
