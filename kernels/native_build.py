@@ -471,6 +471,17 @@ def onnxruntime_library() -> Path:
     return found[-1]
 
 
+def native_cmake_defines() -> list[str]:
+    """The ``-D`` arguments runtime/native/CMakeLists.txt needs here: where onnxruntime and the
+    other dependencies are (what a project that adds runtime/native with add_subdirectory passes
+    too), and the custom-op library mvgpt-cli loads by default."""
+    defines = native_dependencies()
+    defines += [f"-DORT_INCLUDE_DIR={find_headers()}", f"-DORT_LIBRARY={onnxruntime_library()}"]
+    if LIB_PATH.is_file():
+        defines.append(f"-DMVGPT_OPS_LIBRARY_DEFAULT={LIB_PATH}")
+    return defines
+
+
 def build_native_runtime(
     lib_dir: Path = NATIVE_LIB_DIR,
     bin_dir: Path = NATIVE_BIN_DIR,
@@ -486,10 +497,7 @@ def build_native_runtime(
     if cmake is None:
         raise KernelError("CMake not found: expected cmake on PATH or the cmake Python package; "
                           "fix: pip install cmake (or apt-get install cmake)")  # fmt: skip
-    defines = native_dependencies()
-    defines += [f"-DORT_INCLUDE_DIR={find_headers()}", f"-DORT_LIBRARY={onnxruntime_library()}"]
-    if LIB_PATH.is_file():
-        defines.append(f"-DMVGPT_OPS_LIBRARY_DEFAULT={LIB_PATH}")
+    defines = native_cmake_defines()
     lib_dir, bin_dir = Path(lib_dir), Path(bin_dir)
     with tempfile.TemporaryDirectory(prefix="mvgpt-native-") as tmp:
         build_dir = Path(tmp)

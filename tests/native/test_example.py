@@ -50,3 +50,40 @@ def test_readme_cpp_example_compiles_and_answers(tmp_path):
     assert (
         bad.returncode == 1 and bad.stderr.startswith("error: ") and "manifest.json" in bad.stderr
     )
+
+
+def test_a_cmake_project_adds_the_runtime_with_add_subdirectory(tmp_path):
+    """A C++ project of its own: add_subdirectory(runtime/native), link mvgpt, build the README
+    example with CMake (the dependencies' -D arguments as the set-up passes them), run it."""
+    from mvgpt.kernels.native_build import find_tool, native_cmake_defines
+
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"<!-- cpp-example:[^>]*-->\n```cpp\n(.*?)```", readme, re.S).group(1)
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "main.cc").write_text(example)
+    (project / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(app LANGUAGES CXX)\n"
+        f'add_subdirectory("{ROOT / "runtime" / "native"}" mvgpt)\n'
+        "add_executable(app main.cc)\nset_target_properties(app PROPERTIES CXX_STANDARD 17)\n"
+        "target_link_libraries(app PRIVATE mvgpt)\n"
+        'set_target_properties(app PROPERTIES BUILD_RPATH "${MVGPT_OUTPUT_DIR}")\n'
+    )
+    cmake = find_tool("cmake")
+    build = tmp_path / "build"
+    steps = (
+        [cmake, "-S", str(project), "-B", str(build), *native_cmake_defines(),
+         f"-DMVGPT_OUTPUT_DIR={build / 'out'}"],
+        [cmake, "--build", str(build), "--parallel", "2"],
+    )  # fmt: skip
+    for step in steps:
+        run = subprocess.run(step, capture_output=True, text=True)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    env = {**os.environ, "MVGPT_OPS_LIBRARY": libmvgpt.ops_library()}
+    run = subprocess.run(
+        [str(build / "app"), str(builtin_package())], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+    print(run.stdout, run.stderr)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.rstrip("\n").split("\n")[1])["answer"] in ("one", "two", "three")
