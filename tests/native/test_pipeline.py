@@ -251,3 +251,61 @@ def test_cli_bad_input_exits_1_with_one_line(tmp_path, tiny_package):
     run = _cli("--frames", raw, "--shape", "3,20,30", "--model", tiny_package, "--max-new-tokens",
                "4", "Why?")  # fmt: skip
     assert run.returncode == 0 and run.stdout.endswith("\n"), run.stderr
+
+
+def _copy_package(source: Path, dest: Path, edit) -> Path:
+    """Link a package's files into ``dest`` and write its manifest edited by ``edit``."""
+    dest.mkdir()
+    for item in source.iterdir():
+        if item.name != "manifest.json":
+            (dest / item.name).symlink_to(item)
+    manifest = json.loads((source / "manifest.json").read_text())
+    edit(manifest)
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_bad_packages_and_a_foreign_encoding(lib, tiny_package, tmp_path):
+    def set_(path: str, value):
+        def edit(manifest):
+            *parents, key = path.split(".")
+            node = manifest
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            node[int(key) if isinstance(node, list) else key] = value
+
+        return edit
+
+    cases = {
+        "noplaceholder": (set_("prompt.image_placeholder", ""), "prompt.image_placeholder"),
+        "toptype": (set_("generation.top_k", "many"), "values of the types"),
+        "layers": (set_("decoder.num_hidden_layers", 1e20), "decoder.num_hidden_layers"),
+        "template": (set_("prompt.template", "{system}{images}{question}{question}"), "once each"),
+        "keep": (set_("sampling.num_select_k_frames_in_chunk", 99), "<= chunk_size"),
+        "axis": (set_("stages.clip_vision.inputs.0.shape.2", 225), "axis 2: expected 225, got 224"),
+        "role": (set_("stages.decoder.outputs.0.role", "scores"), "expected a known role"),
+    }
+    for name, (edit, words) in cases.items():
+        folder = _copy_package(Path(tiny_package), tmp_path / name, edit)
+        with pytest.raises(libmvgpt.NativeError) as info:
+            libmvgpt.Model(lib, folder, threads=1)
+        print(name, "->", info.value.message[:300])
+        assert info.value.status == libmvgpt.BAD_FORMAT and words in info.value.message
+        assert "\n" not in info.value.message
+    # a null sampling value is the Python runtime's default, not an error
+    nulls = _copy_package(Path(tiny_package), tmp_path / "nulls", set_("generation.top_k", None))
+    first, second = (
+        libmvgpt.Model(lib, nulls, threads=1),
+        libmvgpt.Model(lib, tiny_package, threads=1),
+    )
+    encoding = first.encode(np.zeros((2, 16, 16, 3), np.uint8))
+    assert first.answer(encoding, "Why?", max_new_tokens=2)["token_ids"]
+    with pytest.raises(libmvgpt.NativeError) as info:  # its kept KV cache is another model's
+        second.answer(encoding, "Why?", max_new_tokens=2)
+    print(info.value.message)
+    assert (
+        info.value.status == libmvgpt.INVALID_ARGUMENT and "another model's" in info.value.message
+    )
+    first.free_encoding(encoding)
+    first.close()
+    second.close()

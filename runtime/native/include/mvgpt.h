@@ -68,8 +68,8 @@ MVGPT_API mvgpt_status mvgpt_tokenizer_encode(const mvgpt_tokenizer *tokenizer, 
 
 /* The text of `count` ids, as `tokenizers`' decode(ids, skip_special_tokens): bytes that are not
  * valid UTF-8 become U+FFFD. Writes at most `capacity` bytes (no terminating zero) and the
- * length of the whole text to `*length`; MVGPT_BUFFER_TOO_SMALL when it does not fit. An id
- * outside the vocabulary is MVGPT_INVALID_ARGUMENT. */
+ * length of the whole text to `*length`; MVGPT_BUFFER_TOO_SMALL when it does not fit. Ids
+ * without a token (negative, beyond the vocabulary) are skipped, as `tokenizers` skips them. */
 MVGPT_API mvgpt_status mvgpt_tokenizer_decode(const mvgpt_tokenizer *tokenizer, const int32_t *ids,
                                               size_t count, int skip_special_tokens, char *text,
                                               size_t capacity, size_t *length);
@@ -133,7 +133,7 @@ MVGPT_API mvgpt_answer_params mvgpt_answer_default_params(void);
  * return nonzero to stop the answer there. */
 typedef int (*mvgpt_text_callback)(const char *text, size_t length, void *user_data);
 
-/* Answer `question` (UTF-8) about `encoding`; `on_text` may be NULL. */
+/* Answer `question` (UTF-8) about `encoding` (one this model made); `on_text` may be NULL. */
 MVGPT_API mvgpt_status mvgpt_answer_question(mvgpt_model *model, mvgpt_encoding *encoding,
                                              const char *question, const mvgpt_answer_params *params,
                                              mvgpt_text_callback on_text, void *user_data,

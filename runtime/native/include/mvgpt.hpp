@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -83,17 +84,32 @@ class Model {
     check(mvgpt_encode_frames(h_.get(), rgb, num_frames, height, width, &e));
     return Encoding(e);
   }
-  // on_text hears each piece of text; return false to stop
+  // on_text hears each piece of text; return false to stop. An exception it throws stops the
+  // answer and is rethrown here (it does not cross the C library).
   Answer answer(const Encoding& encoding, const std::string& question,
                 mvgpt_answer_params params = mvgpt_answer_default_params(),
                 std::function<bool(const std::string&)> on_text = nullptr) {
-    mvgpt_answer* a = nullptr;
+    struct Call {
+      std::function<bool(const std::string&)>* on_text;
+      std::exception_ptr error;
+    } call{&on_text, nullptr};
     auto forward = [](const char* text, size_t length, void* user) -> int {
-      auto* f = static_cast<std::function<bool(const std::string&)>*>(user);
-      return (*f)(std::string(text, length)) ? 0 : 1;
+      auto* c = static_cast<Call*>(user);
+      try {
+        return (*c->on_text)(std::string(text, length)) ? 0 : 1;
+      } catch (...) {
+        c->error = std::current_exception();
+        return 1;
+      }
     };
-    check(mvgpt_answer_question(h_.get(), encoding.get(), question.c_str(), &params, on_text ? +forward : nullptr,
-                                on_text ? &on_text : nullptr, &a));
+    mvgpt_answer* a = nullptr;
+    const mvgpt_status status = mvgpt_answer_question(h_.get(), encoding.get(), question.c_str(), &params,
+                                                      on_text ? +forward : nullptr, &call, &a);
+    if (call.error) {
+      mvgpt_answer_free(a);
+      std::rethrow_exception(call.error);
+    }
+    check(status);
     return Answer(a);
   }
   bool custom_ops() const { return mvgpt_model_custom_ops(h_.get()) != 0; }

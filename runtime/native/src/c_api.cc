@@ -27,6 +27,7 @@ struct mvgpt_model {
 
 struct mvgpt_encoding {
   std::unique_ptr<mvgpt::Encoding> impl;
+  const mvgpt_model* owner = nullptr;  // (its kept KV cache is that model's)
   size_t hidden = 0;
   bool answered = false;  // (its stages' seconds go with its first answer, as mvgpt-run reports)
 };
@@ -40,13 +41,20 @@ namespace {
 
 thread_local std::string last_error;
 
-mvgpt_status fail(mvgpt_status status, std::string message) {
-  last_error = std::move(message);
+// (noexcept: a message that cannot be stored leaves a fixed one)
+mvgpt_status fail(mvgpt_status status, const std::string& message) noexcept {
+  try {
+    last_error = message;
+  } catch (...) {
+    last_error.clear();  // (clearing never allocates)
+  }
   return status;
 }
 
+
+// Every C API body runs in here: any exception becomes a status and this thread's message.
 template <typename F>
-mvgpt_status guarded(F&& body) {
+mvgpt_status guarded(F&& body) noexcept {
   last_error.clear();
   try {
     return body();
@@ -61,25 +69,25 @@ mvgpt_status guarded(F&& body) {
   }
 }
 
-mvgpt_status null_argument(const char* name) {
-  return fail(MVGPT_INVALID_ARGUMENT, std::string(name) + ": expected a pointer, got NULL");
+[[noreturn]] void null_argument(const char* name) {
+  throw mvgpt::Error(MVGPT_INVALID_ARGUMENT, std::string(name) + ": expected a pointer, got NULL");
 }
 
 }  // namespace
 
 extern "C" {
 
-const char* mvgpt_last_error(void) { return last_error.c_str(); }
+const char* mvgpt_last_error(void) { return last_error.c_str(); }  // ("" after a success)
 
 const char* mvgpt_version(void) { return "0.1.0"; }
 
 int mvgpt_schema_version(void) { return 3; }
 
 mvgpt_status mvgpt_tokenizer_load(const char* path, mvgpt_tokenizer** out) {
-  if (out == nullptr) return null_argument("out");
-  *out = nullptr;
-  if (path == nullptr) return null_argument("path");
   return guarded([&] {
+    if (out == nullptr) null_argument("out");
+    *out = nullptr;
+    if (path == nullptr) null_argument("path");
     *out = new mvgpt_tokenizer(path);
     return MVGPT_OK;
   });
@@ -89,11 +97,11 @@ void mvgpt_tokenizer_free(mvgpt_tokenizer* tokenizer) { delete tokenizer; }
 
 mvgpt_status mvgpt_tokenizer_encode(const mvgpt_tokenizer* tokenizer, const char* text, size_t length,
                                     int32_t* ids, size_t capacity, size_t* count) {
-  if (tokenizer == nullptr) return null_argument("tokenizer");
-  if (text == nullptr && length > 0) return null_argument("text");
-  if (count == nullptr) return null_argument("count");
-  if (ids == nullptr && capacity > 0) return null_argument("ids");
   return guarded([&] {
+    if (tokenizer == nullptr) null_argument("tokenizer");
+    if (text == nullptr && length > 0) null_argument("text");
+    if (count == nullptr) null_argument("count");
+    if (ids == nullptr && capacity > 0) null_argument("ids");
     const auto encoded = tokenizer->impl.encode(std::string_view(text == nullptr ? "" : text, length));
     *count = encoded.size();
     if (encoded.size() > capacity) {
@@ -108,11 +116,11 @@ mvgpt_status mvgpt_tokenizer_encode(const mvgpt_tokenizer* tokenizer, const char
 
 mvgpt_status mvgpt_tokenizer_decode(const mvgpt_tokenizer* tokenizer, const int32_t* ids, size_t count,
                                     int skip_special_tokens, char* text, size_t capacity, size_t* length) {
-  if (tokenizer == nullptr) return null_argument("tokenizer");
-  if (ids == nullptr && count > 0) return null_argument("ids");
-  if (length == nullptr) return null_argument("length");
-  if (text == nullptr && capacity > 0) return null_argument("text");
   return guarded([&] {
+    if (tokenizer == nullptr) null_argument("tokenizer");
+    if (ids == nullptr && count > 0) null_argument("ids");
+    if (length == nullptr) null_argument("length");
+    if (text == nullptr && capacity > 0) null_argument("text");
     const std::string decoded = tokenizer->impl.decode(ids, count, skip_special_tokens != 0);
     *length = decoded.size();
     if (decoded.size() > capacity) {
@@ -127,7 +135,12 @@ mvgpt_status mvgpt_tokenizer_decode(const mvgpt_tokenizer* tokenizer, const int3
 
 int32_t mvgpt_tokenizer_token_id(const mvgpt_tokenizer* tokenizer, const char* token) {
   if (tokenizer == nullptr || token == nullptr) return -1;
-  return tokenizer->impl.token_id(token);
+  int32_t id = -1;
+  guarded([&] {
+    id = tokenizer->impl.token_id(token);
+    return MVGPT_OK;
+  });
+  return id;
 }
 
 size_t mvgpt_tokenizer_vocab_size(const mvgpt_tokenizer* tokenizer) {
@@ -137,15 +150,15 @@ size_t mvgpt_tokenizer_vocab_size(const mvgpt_tokenizer* tokenizer) {
 mvgpt_model_params mvgpt_model_default_params(void) { return mvgpt_model_params{0, nullptr}; }
 
 mvgpt_status mvgpt_model_load(const char* package, const mvgpt_model_params* params, mvgpt_model** out) {
-  if (out == nullptr) return null_argument("out");
-  *out = nullptr;
-  if (package == nullptr) return null_argument("package");
-  const mvgpt_model_params p = params != nullptr ? *params : mvgpt_model_default_params();
-  if (p.threads < 0) {
-    return fail(MVGPT_INVALID_ARGUMENT, "threads: expected 0 (the default) or more, got " + std::to_string(p.threads) +
-                                            "; fix: pass a thread count >= 0");
-  }
   return guarded([&] {
+    if (out == nullptr) null_argument("out");
+    *out = nullptr;
+    if (package == nullptr) null_argument("package");
+    const mvgpt_model_params p = params != nullptr ? *params : mvgpt_model_default_params();
+    if (p.threads < 0) {
+      return fail(MVGPT_INVALID_ARGUMENT, "threads: expected 0 (the default) or more, got " + std::to_string(p.threads) +
+                                              "; fix: pass a thread count >= 0");
+    }
     mvgpt::ModelOptions options;
     options.threads = p.threads;
     options.ops_library = p.ops_library != nullptr ? p.ops_library : "";
@@ -162,19 +175,20 @@ const char* mvgpt_model_notes(const mvgpt_model* model) { return model == nullpt
 
 mvgpt_status mvgpt_encode_frames(mvgpt_model* model, const uint8_t* rgb, int num_frames, int height, int width,
                                  mvgpt_encoding** out) {
-  if (out == nullptr) return null_argument("out");
-  *out = nullptr;
-  if (model == nullptr) return null_argument("model");
-  if (rgb == nullptr) return null_argument("rgb");
-  if (num_frames < 1 || height < 1 || width < 1 || static_cast<int64_t>(height) * width > (int64_t{1} << 26)) {
-    return fail(MVGPT_INVALID_ARGUMENT, "frames: expected (num_frames >= 1, height >= 1, width >= 1, 3) uint8 RGB of at most 2^26 pixels "
-                                        "a frame, got (" + std::to_string(num_frames) + ", " + std::to_string(height) + ", " +
-                                            std::to_string(width) + ", 3); fix: pass decoded RGB frames");
-  }
   return guarded([&] {
+    if (out == nullptr) null_argument("out");
+    *out = nullptr;
+    if (model == nullptr) null_argument("model");
+    if (rgb == nullptr) null_argument("rgb");
+    if (num_frames < 1 || height < 1 || width < 1 || static_cast<int64_t>(height) * width > (int64_t{1} << 26)) {
+      return fail(MVGPT_INVALID_ARGUMENT, "frames: expected (num_frames >= 1, height >= 1, width >= 1, 3) uint8 RGB of at most 2^26 pixels "
+                                          "a frame, got (" + std::to_string(num_frames) + ", " + std::to_string(height) + ", " +
+                                              std::to_string(width) + ", 3); fix: pass decoded RGB frames");
+    }
     auto encoding = std::make_unique<mvgpt_encoding>();
     encoding->impl = model->impl.encode_frames(rgb, num_frames, height, width);
     encoding->hidden = static_cast<size_t>(model->impl.model().manifest().hidden_size);
+    encoding->owner = model;
     *out = encoding.release();
     return MVGPT_OK;
   });
@@ -203,17 +217,21 @@ mvgpt_answer_params mvgpt_answer_default_params(void) { return mvgpt_answer_para
 mvgpt_status mvgpt_answer_question(mvgpt_model* model, mvgpt_encoding* encoding, const char* question,
                                    const mvgpt_answer_params* params, mvgpt_text_callback on_text, void* user_data,
                                    mvgpt_answer** out) {
-  if (out == nullptr) return null_argument("out");
-  *out = nullptr;
-  if (model == nullptr) return null_argument("model");
-  if (encoding == nullptr || !encoding->impl) return null_argument("encoding");
-  if (question == nullptr) return null_argument("question");
-  const mvgpt_answer_params p = params != nullptr ? *params : mvgpt_answer_default_params();
-  if (p.max_new_tokens < 0) {
-    return fail(MVGPT_INVALID_ARGUMENT, "max_new_tokens: expected 0 (the package's) or more, got " + std::to_string(p.max_new_tokens) +
-                                            "; fix: pass a token count >= 0");
-  }
   return guarded([&] {
+    if (out == nullptr) null_argument("out");
+    *out = nullptr;
+    if (model == nullptr) null_argument("model");
+    if (encoding == nullptr || !encoding->impl) null_argument("encoding");
+    if (question == nullptr) null_argument("question");
+    if (encoding->owner != model) {
+      return fail(MVGPT_INVALID_ARGUMENT, "encoding: expected one that this model made (mvgpt_encode_frames), got another "
+                                          "model's; fix: encode the video with the model that answers");
+    }
+    const mvgpt_answer_params p = params != nullptr ? *params : mvgpt_answer_default_params();
+    if (p.max_new_tokens < 0) {
+      return fail(MVGPT_INVALID_ARGUMENT, "max_new_tokens: expected 0 (the package's) or more, got " + std::to_string(p.max_new_tokens) +
+                                              "; fix: pass a token count >= 0");
+    }
     mvgpt::AnswerOptions options;
     options.max_new_tokens = p.max_new_tokens;
     if (p.temperature > 0) options.temperature = p.temperature;

@@ -1,5 +1,7 @@
 #include "manifest.h"
 
+#include <algorithm>
+#include <climits>
 #include <fstream>
 #include <set>
 
@@ -29,6 +31,21 @@ const std::map<std::string, Roles>& stage_roles() {
       {"decoder", {{"inputs_embeds", "attention_mask", "num_logits_to_keep"}, {"logits"}}},
   };
   return roles;
+}
+
+// `object[key]`, or `fallback` when the key is absent or null (as the Python runtime reads it);
+// a value of another type throws json::type_error (read_manifest reports it as BAD_FORMAT)
+template <typename T>
+T opt(const json& object, const char* key, T fallback) {
+  if (!object.is_object() || !object.contains(key) || object.at(key).is_null()) return fallback;
+  return object.at(key).get<T>();
+}
+
+int64_t opt_int(const json& object, const char* key, int64_t fallback) {
+  if (!object.is_object() || !object.contains(key) || object.at(key).is_null()) return fallback;
+  const json& v = object.at(key);
+  if (!v.is_number_integer()) throw Error(MVGPT_BAD_FORMAT, std::string(key) + ": expected an integer, got " + v.dump());
+  return v.get<int64_t>();
 }
 
 class Reader {
@@ -88,8 +105,12 @@ void read_tensors(const json& list, const std::string& stage, const char* kind, 
     }
     e.name = t.at("name").get<std::string>();
     e.role = t.at("role").get<std::string>();
-    e.dtype = t.value("dtype", "");
-    if (t.contains("layer") && t.at("layer").is_number_integer()) e.layer = t.at("layer").get<int>();
+    e.dtype = opt<std::string>(t, "dtype", "");
+    const int64_t layer = t.contains("layer") && t.at("layer").is_number_integer() ? t.at("layer").get<int64_t>() : -1;
+    e.layer = layer >= 0 && layer < (1 << 16) ? static_cast<int>(layer) : -1;
+    if (t.contains("shape") && t.at("shape").is_array()) {
+      for (const json& d : t.at("shape")) e.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
+    }
     out.push_back(std::move(e));
   }
 }
@@ -148,7 +169,18 @@ const StageEntry& Manifest::stage(const std::string& name) const {
   throw Error(MVGPT_INTERNAL, "no stage " + name);
 }
 
+Manifest read_manifest_json(const std::string& folder);
+
 Manifest read_manifest(const std::string& folder) {
+  try {
+    return read_manifest_json(folder);
+  } catch (const json::exception& e) {  // a value of the wrong type
+    throw Error(MVGPT_BAD_FORMAT, folder + "/manifest.json: expected values of the types runtime/PACKAGE.md gives, got another (" +
+                                      e.what() + "); " + kFix);
+  }
+}
+
+Manifest read_manifest_json(const std::string& folder) {
   const std::string path = folder + "/manifest.json";
   std::ifstream file(path, std::ios::binary);
   if (!file) {
@@ -162,7 +194,7 @@ Manifest read_manifest(const std::string& folder) {
     throw Error(MVGPT_BAD_FORMAT, path + ": expected a JSON manifest, got unreadable content (" + e.what() + "); " + kFix);
   }
   if (!root.is_object()) throw Error(MVGPT_BAD_FORMAT, path + ": expected a JSON object; " + kFix);
-  const json version = root.value("schema_version", json());
+  const json version = root.contains("schema_version") ? root.at("schema_version") : json();
   if (!version.is_number_integer() || version.get<int>() != kSchemaVersion) {
     throw Error(MVGPT_BAD_FORMAT, path + ": expected schema_version " + std::to_string(kSchemaVersion) + ", got " +
                                       version.dump() + "; fix: export the package again with this mvgpt version's mvgpt-export");
@@ -188,11 +220,11 @@ Manifest read_manifest(const std::string& folder) {
   m.head_dim = r.positive(decoder, "decoder.", "head_dim");
   m.hidden_size = r.positive(decoder, "decoder.", "hidden_size");
   m.vocab_size = r.positive(decoder, "decoder.", "vocab_size");
-  m.max_positions = decoder.value("max_position_embeddings", 0);
+  m.max_positions = opt_int(decoder, "max_position_embeddings", 0);
   m.num_frames = r.positive(sampling, "sampling.", "num_frames");
   m.chunk_size = r.positive(sampling, "sampling.", "chunk_size");
   m.keep_per_chunk = r.positive(sampling, "sampling.", "num_select_k_frames_in_chunk");
-  m.fps = sampling.value("fps", 1.0);
+  m.fps = opt<double>(sampling, "fps", 1.0);
   m.num_visual_tokens = r.positive(visual, "visual.", "num_visual_tokens");
   m.template_text = r.get<std::string>(prompt, "prompt.", "template", "");
   m.system = r.get<std::string>(prompt, "prompt.", "system", "");
@@ -201,8 +233,8 @@ Manifest read_manifest(const std::string& folder) {
   m.num_placeholders = r.positive(prompt, "prompt.", "num_image_placeholders");
   m.num_sentinels = r.positive(prompt, "prompt.", "num_image_sentinels");
   m.sentinel = r.get<int64_t>(prompt, "prompt.", "image_token_index", -200);
-  m.im_end = tokens.value("im_end", int64_t{-1});
-  m.tokenizer_file = root.value("tokenizer", std::string("tokenizer.json"));
+  m.im_end = opt_int(tokens, "im_end", -1);
+  m.tokenizer_file = opt<std::string>(root, "tokenizer", "tokenizer.json");
   for (auto [entry, key] : {std::pair<PixelEntry*, const char*>{&m.clip, "clip"}, {&m.video_mamba, "video_mamba"}}) {
     const json* p = r.find(pre, "preprocess.", key);
     if (p == nullptr) continue;
@@ -210,11 +242,16 @@ Manifest read_manifest(const std::string& folder) {
     entry->size = r.positive(*p, where, "size");
     entry->mean = r.get<std::array<double, 3>>(*p, where, "mean", {});
     entry->std = r.get<std::array<double, 3>>(*p, where, "std", {});
-    entry->resize = r.get<std::string>(*p, where, "resize", "");
+    entry->resize = opt<std::string>(*p, "resize", "");
   }
-  // generation defaults: the json's, HF's defaults for the sampling keys it leaves out
-  m.max_new_tokens = generation.value("max_new_tokens", 1024);
-  const json eos = generation.value("eos_token_id", json());
+  // generation defaults: the json's; HF's for a sampling key it leaves out, the Python runtime's
+  // own (runtime/sampling.py GenerationConfig) for one it gives as null
+  const auto sampling_key = [&](const char* key, double absent, double null) {
+    if (!generation.contains(key)) return absent;
+    return generation.at(key).is_null() ? null : generation.at(key).get<double>();
+  };
+  m.max_new_tokens = static_cast<int>(std::clamp<int64_t>(opt_int(generation, "max_new_tokens", 1024), 0, INT32_MAX));
+  const json eos = generation.contains("eos_token_id") ? generation.at("eos_token_id") : json();
   if (eos.is_number_integer()) m.eos_ids.push_back(eos.get<int64_t>());
   if (eos.is_array()) {
     for (const json& e : eos) {
@@ -224,21 +261,22 @@ Manifest read_manifest(const std::string& folder) {
   if (m.im_end >= 0 && std::find(m.eos_ids.begin(), m.eos_ids.end(), m.im_end) == m.eos_ids.end()) {
     m.eos_ids.push_back(m.im_end);
   }
-  m.repetition_penalty = generation.value("repetition_penalty", 1.0);
-  m.temperature = generation.value("temperature", 1.0);
-  m.top_p = generation.value("top_p", 1.0);
-  m.top_k = generation.value("top_k", 50);
-  m.random_weights = root.value("source", json::object()).value("random_weights", false);
+  m.repetition_penalty = sampling_key("repetition_penalty", 1.0, 1.0);
+  m.temperature = sampling_key("temperature", 1.0, 1.0);
+  m.top_p = sampling_key("top_p", 1.0, 1.0);
+  const double top_k = sampling_key("top_k", 50, 0);
+  m.top_k = top_k >= 0 && top_k < 1e9 ? static_cast<int>(top_k) : -1;
+  m.random_weights = opt<bool>(opt<json>(root, "source", json::object()), "random_weights", false);
   for (const char* name : kStages) {
     const json* s = r.find(stages, "stages.", name);
     if (s == nullptr || !s->is_object()) continue;
     StageEntry e;
     e.name = name;
     e.file = r.get<std::string>(*s, std::string("stages.") + name + ".", "file", "");
-    e.portable_file = s->value("portable_file", std::string());
-    const json op = s->value("custom_op", json());
-    if (op.is_object()) e.custom_op = op.value("op_type", std::string());
-    const json config = s->value("session_config", json::object());
+    e.portable_file = opt<std::string>(*s, "portable_file", "");
+    const json op = opt<json>(*s, "custom_op", json());
+    if (op.is_object()) e.custom_op = opt<std::string>(op, "op_type", "");
+    const json config = opt<json>(*s, "session_config", json::object());
     if (config.is_object()) {
       for (const auto& [k, v] : config.items()) {
         if (v.is_string()) e.session_config[k] = v.get<std::string>();
@@ -249,18 +287,27 @@ Manifest read_manifest(const std::string& folder) {
   if (m.num_frames > 0 && m.chunk_size > 0 && m.num_frames % m.chunk_size != 0) {
     r.problems.push_back("sampling.num_frames as a multiple of sampling.chunk_size");
   }
+  if (m.keep_per_chunk > m.chunk_size) r.problems.push_back("sampling.num_select_k_frames_in_chunk <= chunk_size");
+  if (m.num_sentinels > m.num_placeholders) r.problems.push_back("prompt.num_image_sentinels <= num_image_placeholders");
+  if (m.placeholder.empty()) r.problems.push_back("prompt.image_placeholder (not empty)");
+  if (m.max_new_tokens < 1) r.problems.push_back("generation.max_new_tokens >= 1");
+  if (m.eos_ids.empty()) r.problems.push_back("generation.eos_token_id or tokens.im_end");
+  if (m.clip.resize.empty()) m.clip.resize = "shortest_side_bicubic_center_crop";  // (Python's default)
   if (!r.problems.empty()) r.raise();
   std::vector<std::string> problems;
   for (StageEntry& e : m.stages) {
     const json& s = stages.at(e.name);
-    read_tensors(s.value("inputs", json()), e.name, "input", e.inputs, problems);
-    read_tensors(s.value("outputs", json()), e.name, "output", e.outputs, problems);
+    read_tensors(opt<json>(s, "inputs", json()), e.name, "input", e.inputs, problems);
+    read_tensors(opt<json>(s, "outputs", json()), e.name, "output", e.outputs, problems);
     index_roles(e, e.name == "decoder" ? m.num_layers : 0, problems);
   }
   const size_t system_at = m.template_text.find("{system}"), images_at = m.template_text.find("{images}"),
                question_at = m.template_text.find("{question}");
-  if (system_at == std::string::npos || images_at == std::string::npos || question_at == std::string::npos ||
-      !(system_at < images_at && images_at < question_at)) {
+  const auto once = [&](const char* field) {
+    const size_t at = m.template_text.find(field);
+    return at != std::string::npos && m.template_text.find(field, at + 1) == std::string::npos;
+  };
+  if (!once("{system}") || !once("{images}") || !once("{question}") || !(system_at < images_at && images_at < question_at)) {
     problems.push_back("prompt.template: expected {system}, {images}, {question} once each, in that order");
   }
   if (!problems.empty()) {

@@ -15,7 +15,8 @@ constexpr int kSchemaVersion = 3;
 
 struct TensorEntry {
   std::string name, role, dtype;
-  int layer = -1;  // the decoder's cache tensors
+  int layer = -1;              // the decoder's cache tensors
+  std::vector<int64_t> shape;  // -1: a named (dynamic) axis
 };
 
 struct StageEntry {

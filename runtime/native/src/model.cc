@@ -27,16 +27,35 @@ std::string element_name(ONNXTensorElementDataType type) {
   }
 }
 
+struct GraphTensor {
+  std::string dtype;
+  std::vector<int64_t> shape;  // -1: dynamic
+};
+
 void check_side(const std::string& stage, const char* kind, const std::vector<TensorEntry>& declared,
-                const std::map<std::string, std::string>& actual, std::vector<std::string>& problems) {
+                const std::map<std::string, GraphTensor>& actual, std::vector<std::string>& problems) {
   std::map<std::string, const TensorEntry*> wanted;
   for (const TensorEntry& t : declared) wanted[t.name] = &t;
   for (const auto& [name, t] : wanted) {
     const auto found = actual.find(name);
+    const std::string where = stage + " " + kind + " '" + name + "'";
     if (found == actual.end()) {
-      problems.push_back(stage + " " + kind + " '" + name + "': expected in the graph, got none");
-    } else if (found->second != t->dtype) {
-      problems.push_back(stage + " " + kind + " '" + name + "': expected dtype " + t->dtype + ", got " + found->second);
+      problems.push_back(where + ": expected in the graph, got none");
+      continue;
+    }
+    if (found->second.dtype != t->dtype) {
+      problems.push_back(where + ": expected dtype " + t->dtype + ", got " + found->second.dtype);
+    }
+    const std::vector<int64_t>& have = found->second.shape;
+    if (have.size() != t->shape.size()) {
+      problems.push_back(where + ": expected rank " + std::to_string(t->shape.size()) + ", got " + std::to_string(have.size()));
+      continue;
+    }
+    for (size_t axis = 0; axis < have.size(); ++axis) {  // two different numbers disagree
+      if (t->shape[axis] >= 0 && have[axis] >= 0 && t->shape[axis] != have[axis]) {
+        problems.push_back(where + " axis " + std::to_string(axis) + ": expected " + std::to_string(t->shape[axis]) +
+                           ", got " + std::to_string(have[axis]));
+      }
     }
   }
   for (const auto& [name, dtype] : actual) {
@@ -84,16 +103,32 @@ Model::Model(const std::string& folder, const ModelOptions& options)
     so.AddConfigEntry("session.use_env_allocators", "1");
     std::string file = s.file, variant = "main";
     if (!s.custom_op.empty()) {
+      std::string reason = library.empty() ? std::string("no mvgpt custom-op library given")
+                                           : "the mvgpt custom-op library " + library + " is not there";
+      bool registered = false;
       if (have_library) {
-        so.RegisterCustomOpsLibrary(library.c_str());
+        try {
+          so.RegisterCustomOpsLibrary(library.c_str());
+          registered = true;
+        } catch (const Ort::Exception& e) {  // (as the Python runtime: the portable graph instead)
+          reason = "onnxruntime could not load " + library + ": " + e.what();
+          for (char& c : reason) c = (c == '\n' || c == '\r') ? ' ' : c;
+        }
+      }
+      if (registered) {
         for (const auto& [k, v] : s.session_config) so.AddConfigEntry(k.c_str(), v.c_str());
       } else if (!s.portable_file.empty() && is_file(folder + "/" + s.portable_file)) {
+        so = Ort::SessionOptions();  // (no library registered in it)
+        so.SetLogSeverityLevel(3);
+        if (options.threads > 0) {
+          so.SetIntraOpNumThreads(options.threads);
+          so.SetInterOpNumThreads(1);
+        }
+        so.AddConfigEntry("session.use_env_allocators", "1");
         file = s.portable_file;
         variant = "portable";
         custom_ops_ = false;
-        notes_.push_back(s.name + " runs the portable graph (" +
-                         (library.empty() ? std::string("no mvgpt custom-op library given") : "the mvgpt custom-op library " + library + " is not there") +
-                         "; slower)");
+        notes_.push_back(s.name + " runs the portable graph (" + reason + "; slower)");
       } else {
         throw Error(MVGPT_NOT_FOUND, s.name + " needs the " + s.custom_op + " custom op and the package has no portable graph: expected the mvgpt custom-op library or '" +
                                          s.portable_file + "', got neither; fix: pass the library (libmvgpt_ops) built by the set-up");
@@ -120,14 +155,16 @@ Model::Model(const std::string& folder, const ModelOptions& options)
       const std::string got = found ? found.get() : "";
       if (got != value) problems.push_back(s.name + " graph metadata " + key + ": expected '" + value + "', got '" + got + "'");
     }
-    std::map<std::string, std::string> inputs, outputs;
+    std::map<std::string, GraphTensor> inputs, outputs;
     for (size_t i = 0; i < session->GetInputCount(); ++i) {
-      inputs[session->GetInputNameAllocated(i, alloc).get()] =
-          element_name(session->GetInputTypeInfo(i).GetTensorTypeAndShapeInfo().GetElementType());
+      const Ort::TypeInfo type = session->GetInputTypeInfo(i);  // (info points into it)
+      const auto info = type.GetTensorTypeAndShapeInfo();
+      inputs[session->GetInputNameAllocated(i, alloc).get()] = {element_name(info.GetElementType()), info.GetShape()};
     }
     for (size_t i = 0; i < session->GetOutputCount(); ++i) {
-      outputs[session->GetOutputNameAllocated(i, alloc).get()] =
-          element_name(session->GetOutputTypeInfo(i).GetTensorTypeAndShapeInfo().GetElementType());
+      const Ort::TypeInfo type = session->GetOutputTypeInfo(i);
+      const auto info = type.GetTensorTypeAndShapeInfo();
+      outputs[session->GetOutputNameAllocated(i, alloc).get()] = {element_name(info.GetElementType()), info.GetShape()};
     }
     check_side(s.name, "input", s.inputs, inputs, problems);
     check_side(s.name, "output", s.outputs, outputs, problems);

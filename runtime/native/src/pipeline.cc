@@ -226,6 +226,10 @@ class Decoder {
     return out;
   }
   void load(const std::vector<float>& saved, int positions) {
+    const size_t need = static_cast<size_t>(m_.num_layers) * 2 * m_.kv_heads * static_cast<size_t>(positions) * m_.head_dim;
+    if (positions < 0 || positions > capacity_ || saved.size() != need) {
+      throw Error(MVGPT_INTERNAL, "KV cache: the kept prefix does not fit this cache");
+    }
     length_ = positions;
     size_t at = 0;
     each_row([&](const float* row, size_t n) {
@@ -271,9 +275,10 @@ std::vector<int32_t> sample_positions(int count, double fps, int num_frames, dou
   std::vector<int32_t> positions;
   const int n = static_cast<int>(all.size());
   if (n > num_frames) {
-    const double step = static_cast<double>(n - 1) / (num_frames - 1);
+    const double step = num_frames > 1 ? static_cast<double>(n - 1) / (num_frames - 1) : 0.0;
     for (int i = 0; i < num_frames; ++i) {
-      const double y = i == num_frames - 1 ? static_cast<double>(n - 1) : i * step;
+      // numpy's linspace: i * step, the last one exactly n - 1 (one frame: 0)
+      const double y = num_frames == 1 ? 0.0 : i == num_frames - 1 ? static_cast<double>(n - 1) : i * step;
       positions.push_back(all[static_cast<size_t>(y)]);
     }
   } else if (n == num_frames) {
@@ -301,18 +306,23 @@ Pipeline::Pipeline(const std::string& folder, const ModelOptions& options)
     throw Error(MVGPT_UNSUPPORTED, folder + ": expected preprocess.clip.resize shortest_side_bicubic_center_crop or squash_bicubic, got '" +
                                        m.clip.resize + "'; fix: re-export the package with this version of mvgpt");
   }
-  if (m.video_mamba.resize != "squash_bilinear") {
+  if (!m.video_mamba.resize.empty() && m.video_mamba.resize != "squash_bilinear") {
     throw Error(MVGPT_UNSUPPORTED, folder + ": expected preprocess.video_mamba.resize squash_bilinear, got '" + m.video_mamba.resize +
                                        "'; fix: re-export the package with this version of mvgpt");
   }
 }
 
-std::vector<float> Pipeline::run(const std::string& stage, const std::string& input_role, const float* data,
+std::vector<float> Pipeline::run(const std::string& stage, const std::string& input_role, const std::vector<float>& input_data,
                                  const std::vector<int64_t>& shape, const std::string& output_role,
                                  std::vector<int64_t>* out_shape) {
   const StageEntry& entry = model_.manifest().stage(stage);
   size_t count = 1;
-  for (int64_t d : shape) count *= static_cast<size_t>(d);
+  for (int64_t d : shape) count *= static_cast<size_t>(std::max<int64_t>(d, 0));
+  if (count != input_data.size()) {  // (a graph whose output had another shape than the manifest's)
+    throw Error(MVGPT_BAD_FORMAT, stage + ": expected " + std::to_string(count) + " input values, got " +
+                                      std::to_string(input_data.size()) + "; fix: re-export the package with mvgpt-export");
+  }
+  const float* data = input_data.data();
   Ort::Value input = Ort::Value::CreateTensor<float>(model_.cpu(), const_cast<float*>(data), count, shape.data(), shape.size());
   const char* in_name = entry.input_names.at(input_role).c_str();
   const char* out_name = entry.output_names.at(output_role).c_str();
@@ -360,13 +370,19 @@ std::unique_ptr<Encoding> Pipeline::encode_frames(const uint8_t* rgb, int num_fr
   enc->seconds["decode_video"] = t1 - t0;
   std::vector<int64_t> feature_shape;
   const int64_t s = m.clip.size;
-  std::vector<float> features = run("clip_vision", "pixel_values", clip_pixels.data(), {frames, 3, s, s}, "image_features", &feature_shape);
+  std::vector<float> features = run("clip_vision", "pixel_values", clip_pixels, {frames, 3, s, s}, "image_features", &feature_shape);
+  if (feature_shape.size() != 3 || feature_shape[0] != frames) {
+    throw Error(MVGPT_BAD_FORMAT, "clip_vision: expected (frames, patches, channels) features; fix: re-export the package");
+  }
   const double t2 = now();
   enc->seconds["clip_vision"] = t2 - t1;
   const int64_t patches = feature_shape.at(1), dim = feature_shape.at(2);
   const int chunks = frames / m.chunk_size;
   std::vector<int64_t> score_shape;
-  std::vector<float> scores = run("frame_scorer", "image_features", features.data(), {chunks, m.chunk_size * patches, dim}, "frame_scores", &score_shape);
+  std::vector<float> scores = run("frame_scorer", "image_features", features, {chunks, m.chunk_size * patches, dim}, "frame_scores", &score_shape);
+  if (score_shape != std::vector<int64_t>{chunks, m.chunk_size}) {
+    throw Error(MVGPT_BAD_FORMAT, "frame_scorer: expected (chunks, chunk_size) scores; fix: re-export the package");
+  }
   for (int c = 0; c < chunks; ++c) {  // the top keep_per_chunk per chunk, ties to the earlier, in time order
     std::vector<int> order(static_cast<size_t>(m.chunk_size));
     std::iota(order.begin(), order.end(), 0);
@@ -388,11 +404,11 @@ std::unique_ptr<Encoding> Pipeline::encode_frames(const uint8_t* rgb, int num_fr
     }
   }
   std::vector<int64_t> video_shape;
-  std::vector<float> video = run("video_mamba", "pixel_values", clip.data(), {1, 3, selected, ms, ms}, "video_features", &video_shape);
+  std::vector<float> video = run("video_mamba", "pixel_values", clip, {1, 3, selected, ms, ms}, "video_features", &video_shape);
   const double t4 = now();
   enc->seconds["video_mamba"] = t4 - t3;
-  std::vector<float> image_tokens = run("image_projector", "image_features", features.data(), feature_shape, "image_tokens", nullptr);
-  std::vector<float> video_tokens = run("video_projector", "video_features", video.data(), video_shape, "video_tokens", nullptr);
+  std::vector<float> image_tokens = run("image_projector", "image_features", features, feature_shape, "image_tokens", nullptr);
+  std::vector<float> video_tokens = run("video_projector", "video_features", video, video_shape, "video_tokens", nullptr);
   enc->visual = std::move(image_tokens);
   enc->visual.insert(enc->visual.end(), video_tokens.begin(), video_tokens.end());
   enc->seconds["projectors"] = now() - t4;
@@ -452,19 +468,31 @@ Answer Pipeline::answer(Encoding& encoding, const std::string& question, const A
   // the prompt's text before and after the one run of sentinels
   const auto first = std::find(ids.begin(), ids.end(), m.sentinel);
   const auto last = std::find_if(first, ids.end(), [&](int64_t t) { return t != m.sentinel; });
+  if (first == ids.end() || std::find(last, ids.end(), m.sentinel) != ids.end()) {
+    throw Error(MVGPT_INVALID_ARGUMENT, "prompt ids: expected one contiguous run of image sentinels (" +
+                                            std::to_string(m.sentinel) + "); fix: check the package's prompt template");
+  }
   const std::vector<int64_t> prefix(ids.begin(), first), suffix(last, ids.end());
-  const int prompt_length = static_cast<int>(prefix.size()) + m.num_visual_tokens + static_cast<int>(suffix.size());
-  int limit = g.max_new_tokens;
+  if (suffix.empty()) {
+    throw Error(MVGPT_INVALID_ARGUMENT, "prompt: expected text after the visual embeddings, got none; fix: check the "
+                                        "question and the package's prompt template");
+  }
+  const int64_t prompt_length = static_cast<int64_t>(prefix.size()) + m.num_visual_tokens + static_cast<int64_t>(suffix.size());
+  int64_t limit = g.max_new_tokens;
   if (m.max_positions > 0) {
     if (prompt_length >= m.max_positions) {
       throw Error(MVGPT_INVALID_ARGUMENT, "prompt too long: expected fewer than " + std::to_string(m.max_positions) +
                                               " positions, got " + std::to_string(prompt_length) + "; fix: ask a shorter question");
     }
-    limit = static_cast<int>(std::min<int64_t>(limit, m.max_positions - prompt_length));
+    limit = std::min<int64_t>(limit, m.max_positions - prompt_length);
+  }
+  if (prompt_length + limit > (int64_t{1} << 24)) {
+    throw Error(MVGPT_INVALID_ARGUMENT, "KV cache: expected at most 2^24 positions, got " + std::to_string(prompt_length + limit) +
+                                            "; fix: lower max_new_tokens");
   }
   Answer result;
   const double t0 = now();
-  Decoder decoder(model_, prompt_length + limit);
+  Decoder decoder(model_, static_cast<int>(prompt_length + limit));
   if (!encoding.shared_ids.empty() && encoding.shared_ids == prefix) {
     decoder.load(encoding.shared_cache, encoding.shared_positions);
     result.encoding_reused = true;
@@ -472,9 +500,12 @@ Answer Pipeline::answer(Encoding& encoding, const std::string& question, const A
     std::vector<float> embeds = embed(prefix);
     embeds.insert(embeds.end(), encoding.visual.begin(), encoding.visual.end());
     decoder.prefill(embeds);
-    encoding.shared_ids = prefix;
-    encoding.shared_cache = decoder.snapshot();
+    std::vector<float> kept = decoder.snapshot();  // (the encoding changes only once it is whole)
+    encoding.shared_positions = 0;
+    encoding.shared_ids.clear();
+    encoding.shared_cache = std::move(kept);
     encoding.shared_positions = decoder.length();
+    encoding.shared_ids = prefix;
   }
   const float* logits = decoder.prefill(embed(suffix));
   const double t1 = now();
@@ -485,13 +516,13 @@ Answer Pipeline::answer(Encoding& encoding, const std::string& question, const A
   double first_at = -1, step_seconds = 0;
   int steps = 0;
   std::vector<int32_t>& out = result.token_ids;
-  while (static_cast<int>(out.size()) < limit) {
+  while (static_cast<int64_t>(out.size()) < limit) {
     const int32_t token = sampler.next(logits, static_cast<size_t>(m.vocab_size), out);
     if (sampler.is_eos(token)) break;
     out.push_back(token);
     if (first_at < 0) first_at = now();
     if (stream && !stream->push(token)) break;  // the caller stopped the answer
-    if (static_cast<int>(out.size()) == limit) break;
+    if (static_cast<int64_t>(out.size()) == limit) break;
     const double ts = now();
     logits = decoder.run(embed({token}).data(), 1);
     step_seconds += now() - ts;

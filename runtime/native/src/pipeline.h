@@ -62,7 +62,7 @@ class Pipeline {
   const Tokenizer& tokenizer() const { return tokenizer_; }
 
  private:
-  std::vector<float> run(const std::string& stage, const std::string& input_role, const float* data,
+  std::vector<float> run(const std::string& stage, const std::string& input_role, const std::vector<float>& data,
                          const std::vector<int64_t>& shape, const std::string& output_role, std::vector<int64_t>* out_shape);
   std::vector<float> embed(const std::vector<int64_t>& ids);
   Model model_;

@@ -1,5 +1,7 @@
 #include "preprocess.h"
 
+#include "status.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -207,7 +209,12 @@ std::vector<uint8_t> resize_linear_cv(const FrameView& frame, int width, int hei
 std::array<int, 2> clip_resize_shape(int height, int width, int size) {
   const bool portrait = width <= height;
   const int shortest = portrait ? width : height, longest = portrait ? height : width;
-  const int new_long = static_cast<int>(static_cast<double>(size) * longest / shortest);
+  const double new_long_exact = static_cast<double>(size) * longest / shortest;
+  if (!(new_long_exact < (1 << 20))) {
+    throw Error(MVGPT_INVALID_ARGUMENT, "frames: expected an aspect ratio that resizes to at most 2^20 pixels on the long side, got " +
+                                            std::to_string(height) + "x" + std::to_string(width) + "; fix: crop the frames");
+  }
+  const int new_long = static_cast<int>(new_long_exact);
   return portrait ? std::array<int, 2>{new_long, size} : std::array<int, 2>{size, new_long};
 }
 

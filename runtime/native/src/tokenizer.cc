@@ -21,6 +21,8 @@ namespace {
 using json = nlohmann::json;
 
 // ByteLevel's regex (tokenizers' pre_tokenizers::byte_level), when use_regex is true
+constexpr int64_t kMaxId = int64_t{1} << 24;  // ids beyond this are not a tokenizer's
+
 constexpr const char* kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
@@ -171,6 +173,15 @@ class Regex {
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer::Tokenizer(const std::string& path) {
+  try {
+    load(path);
+  } catch (const json::exception& e) {  // a value of the wrong type or range
+    fail(MVGPT_BAD_FORMAT, path, std::string("expected a tokenizers file, got a value of the wrong type (") + e.what() +
+                                     "); fix: use the tokenizer.json the package was exported with");
+  }
+}
+
+void Tokenizer::load(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
   if (!file) {
     fail(MVGPT_NOT_FOUND, path, "expected a tokenizer.json file, got none (or unreadable); fix: pass "
@@ -200,7 +211,7 @@ Tokenizer::Tokenizer(const std::string& path) {
   if (!vocab.is_object()) fail(MVGPT_BAD_FORMAT, path, "expected model.vocab to be an object; fix: re-export");
   int32_t largest = -1;
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= kMaxId) {
       fail(MVGPT_BAD_FORMAT, path, "expected model.vocab ids >= 0, got " + id.dump() + " for " + token);
     }
     vocab_.emplace(token, id.get<int32_t>());
@@ -213,18 +224,21 @@ Tokenizer::Tokenizer(const std::string& path) {
       for (const char* key : {"lstrip", "rstrip", "single_word"}) {
         if (!is_off(t, key)) unsupported(std::string("expected added token ") + t.dump() + " without " + key);
       }
-      const int32_t id = member(t, "id", path).get<int32_t>();
+      const json& id_value = member(t, "id", path);
+      const int64_t id = id_value.is_number_integer() ? id_value.get<int64_t>() : -1;
       const std::string content = member(t, "content", path).get<std::string>();
-      if (content.empty() || id < 0) fail(MVGPT_BAD_FORMAT, path, "expected an added token with content and id >= 0, got " + t.dump());
-      added.push_back({id, {content, t.value("special", false)}});
-      largest = std::max(largest, id);
+      if (content.empty() || id < 0 || id >= kMaxId) fail(MVGPT_BAD_FORMAT, path, "expected an added token with content and id >= 0, got " + t.dump());
+      added.push_back({static_cast<int32_t>(id), {content, t.value("special", false)}});
+      largest = std::max(largest, static_cast<int32_t>(id));
     }
   }
-  tokens_.assign(static_cast<size_t>(largest + 1), std::string());
+  tokens_.assign(static_cast<size_t>(largest) + 1, std::string());
   kind_.assign(tokens_.size(), 0);
-  for (const auto& [token, id] : vocab_) tokens_[id] = token;
+  present_.assign(tokens_.size(), false);
+  for (const auto& [token, id] : vocab_) tokens_[id] = token, present_[id] = true;
   for (const auto& [id, entry] : added) {
     tokens_[id] = entry.first;
+    present_[id] = true;
     kind_[id] = entry.second ? 2 : 1;
     added_.push_back({entry.first, id});
   }
@@ -380,31 +394,32 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   return ids;
 }
 
+// As `tokenizers` decodes: ids it has no token for are skipped; the ByteLevel decoder maps each
+// token's chars back to bytes, or keeps the token's own bytes when one of its chars is not a
+// byte-level char; without a decoder the tokens are joined with spaces.
 std::string Tokenizer::decode(const int32_t* ids, size_t count, bool skip_special_tokens) const {
   std::string bytes;
+  bool first = true;
   for (size_t k = 0; k < count; ++k) {
     const int32_t id = ids[k];
-    if (id < 0 || static_cast<size_t>(id) >= tokens_.size() || (tokens_[id].empty() && kind_[id] == 0)) {
-      throw Error(MVGPT_INVALID_ARGUMENT, "ids[" + std::to_string(k) + "]: expected an id in [0, " +
-                                              std::to_string(tokens_.size()) + ") of the vocabulary, got " +
-                                              std::to_string(id) + "; fix: pass ids this tokenizer made");
-    }
+    if (id < 0 || static_cast<size_t>(id) >= tokens_.size() || !present_[id]) continue;
     if (skip_special_tokens && kind_[id] == 2) continue;
     const std::string& token = tokens_[id];
     if (!byte_level_decoder_) {
-      bytes += token;
+      bytes += (first ? "" : " ") + token;
+      first = false;
       continue;
     }
-    for (size_t i = 0; i < token.size();) {  // each byte-level char back to its byte
-      const size_t n = utf8::sequence_length(token, i);
+    std::string mapped;
+    bool all = true;
+    for (size_t i = 0; i < token.size() && all;) {
+      const size_t n = std::max<size_t>(1, utf8::sequence_length(token, i));
       const auto found = char_bytes_.find(utf8::decode(token, i, n));
-      if (found != char_bytes_.end()) {
-        bytes += static_cast<char>(found->second);
-      } else {
-        bytes.append(token, i, n);  // (not a byte-level char: kept as it is)
-      }
+      if (found == char_bytes_.end()) all = false;
+      else mapped += static_cast<char>(found->second);
       i += n;
     }
+    bytes += all ? mapped : token;
   }
   return utf8::lossy(bytes);
 }

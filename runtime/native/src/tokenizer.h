@@ -36,7 +36,7 @@ class Tokenizer {
   // Ids of UTF-8 `text` (encode(text, add_special_tokens=False)); throws Error
   // (MVGPT_INVALID_ARGUMENT) on invalid UTF-8.
   std::vector<int32_t> encode(std::string_view text) const;
-  // Text of `ids` (invalid UTF-8 bytes -> U+FFFD); throws Error for an id outside the vocabulary.
+  // Text of `ids` (invalid UTF-8 bytes -> U+FFFD; ids without a token skipped, as `tokenizers`).
   std::string decode(const int32_t* ids, size_t count, bool skip_special_tokens) const;
   int32_t token_id(std::string_view token) const;  // -1: none
   size_t vocab_size() const { return tokens_.size(); }
@@ -46,12 +46,14 @@ class Tokenizer {
     std::string content;
     int32_t id;
   };
+  void load(const std::string& path);
   void encode_piece(std::string_view piece, std::vector<int32_t>& ids) const;
   void bpe(const std::string& word, std::vector<int32_t>& ids) const;
 
   std::unordered_map<std::string, int32_t> vocab_;  // model vocabulary
   std::vector<std::string> tokens_;                 // id -> token string (added tokens too)
   std::vector<uint8_t> kind_;                       // id -> 0 model, 1 added, 2 added special
+  std::vector<bool> present_;                       // id -> has a token
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // pair -> (rank, id)
   std::vector<Added> added_;                        // longest first
   std::unique_ptr<Regex> split_;                    // the pre-tokenizer's regex
