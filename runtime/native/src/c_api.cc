@@ -81,7 +81,7 @@ const char* mvgpt_last_error(void) { return last_error.c_str(); }  // ("" after 
 
 const char* mvgpt_version(void) { return "0.1.0"; }
 
-int mvgpt_schema_version(void) { return 3; }
+int mvgpt_schema_version(void) { return mvgpt::kSchemaVersion; }
 
 mvgpt_status mvgpt_tokenizer_load(const char* path, mvgpt_tokenizer** out) {
   return guarded([&] {
