@@ -87,3 +87,48 @@ def test_a_cmake_project_adds_the_runtime_with_add_subdirectory(tmp_path):
     print(run.stdout, run.stderr)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.rstrip("\n").split("\n")[1])["answer"] in ("one", "two", "three")
+
+
+def test_a_cmake_project_finds_the_installed_runtime(tmp_path):
+    """cmake --install of runtime/native into a prefix, then a project of its own with
+    find_package(mvgpt) and mvgpt::mvgpt builds and runs the README example."""
+    from mvgpt.kernels.native_build import find_tool, native_cmake_defines
+
+    cmake = find_tool("cmake")
+    prefix, build = tmp_path / "prefix", tmp_path / "build"
+    steps = [
+        [cmake, "-S", str(ROOT / "runtime" / "native"), "-B", str(build), *native_cmake_defines(),
+         f"-DMVGPT_OUTPUT_DIR={build / 'out'}"],
+        [cmake, "--build", str(build), "--parallel", "2"],
+        [cmake, "--install", str(build), "--prefix", str(prefix)],
+    ]  # fmt: skip
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"<!-- cpp-example:[^>]*-->\n```cpp\n(.*?)```", readme, re.S).group(1)
+    project = tmp_path / "app"
+    project.mkdir()
+    (project / "main.cc").write_text(example)
+    (project / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.18)\nproject(app LANGUAGES CXX)\n"
+        "find_package(mvgpt REQUIRED)\n"
+        "add_executable(app main.cc)\nset_target_properties(app PROPERTIES CXX_STANDARD 17)\n"
+        "target_link_libraries(app PRIVATE mvgpt::mvgpt)\n"
+    )
+    steps += [
+        [cmake, "-S", str(project), "-B", str(tmp_path / "app-build"),
+         f"-DCMAKE_PREFIX_PATH={prefix}"],
+        [cmake, "--build", str(tmp_path / "app-build")],
+    ]  # fmt: skip
+    for step in steps:
+        run = subprocess.run(step, capture_output=True, text=True)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    installed = sorted(p.relative_to(prefix).as_posix() for p in prefix.rglob("*") if p.is_file())
+    print(installed)
+    assert {"include/mvgpt.h", "include/mvgpt.hpp", "bin/mvgpt-cli"} <= set(installed)
+    env = {**os.environ, "MVGPT_OPS_LIBRARY": libmvgpt.ops_library()}
+    run = subprocess.run(
+        [str(tmp_path / "app-build" / "app"), str(builtin_package())], capture_output=True,
+        text=True, env=env, timeout=120,
+    )  # fmt: skip
+    print(run.stdout, run.stderr)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.rstrip("\n").split("\n")[1])["answer"] in ("one", "two", "three")
