@@ -268,39 +268,54 @@ def find_tool(name: str, on_path: bool = True) -> str | None:
     return str(candidate) if candidate is not None and candidate.is_file() else None
 
 
-def cmake_commands(
-    cmake: str, build_dir: Path, include: Path, werror: bool, ninja: str | None
-) -> list[list[str]]:
-    """Configure and build commands of CMakeLists.txt into ``build_dir`` (library in its
-    ``out/``)."""
-    configure = [cmake, "-S", str(KERNEL_DIR), "-B", str(build_dir)]
-    if ninja:
-        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
-    configure += [
-        f"-DORT_INCLUDE_DIR={include}",
-        f"-DMVGPT_WERROR={'ON' if werror else 'OFF'}",
-        f"-DMVGPT_OUTPUT_DIR={build_dir / 'out'}",
-    ]
-    jobs = str(max(1, min(len(SOURCES), os.cpu_count() or 1)))
-    return [configure, [cmake, "--build", str(build_dir), "--parallel", jobs]]
-
-
-def build_library(output: Path = LIB_PATH, werror: bool = False, verbose: bool = False) -> Path:
-    """Build the library with CMake into ``output`` (replaced atomically); returns it. Raises
-    KernelError naming what is missing (CMake, a compiler, the headers) or the compiler's
-    errors."""
+def require_cmake() -> str:
+    """CMake: on PATH or the cmake package's; KernelError saying how to get it."""
     cmake = find_tool("cmake")
     if cmake is None:
         raise KernelError(
             "CMake not found: expected cmake on PATH or the cmake Python package; fix: "
             "pip install cmake (or apt-get install cmake)"
         )
+    return cmake
+
+
+def cmake_commands(
+    cmake: str,
+    source: Path,
+    build_dir: Path,
+    defines: list[str],
+    werror: bool,
+    ninja: str | None,
+    jobs: int,
+) -> list[list[str]]:
+    """Configure and build commands of ``source``'s CMakeLists.txt into ``build_dir`` (what it
+    builds in its ``out/``), with ``defines`` (``-D`` arguments) and Ninja when there is one."""
+    configure = [cmake, "-S", str(source), "-B", str(build_dir), *defines]
+    if ninja:
+        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+    configure += [
+        f"-DMVGPT_WERROR={'ON' if werror else 'OFF'}",
+        f"-DMVGPT_OUTPUT_DIR={build_dir / 'out'}",
+    ]
+    return [configure, [cmake, "--build", str(build_dir), "--parallel", str(max(1, jobs))]]
+
+
+def build_library(output: Path = LIB_PATH, werror: bool = False, verbose: bool = False) -> Path:
+    """Build the library with CMake into ``output`` (replaced atomically); returns it. Raises
+    KernelError naming what is missing (CMake, a compiler, the headers) or the compiler's
+    errors."""
+    cmake = require_cmake()
     include = find_headers()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mvgpt-cmake-") as tmp:
         build_dir = Path(tmp)
-        for cmd in cmake_commands(cmake, build_dir, include, werror, find_tool("ninja")):
+        jobs = min(len(SOURCES), os.cpu_count() or 1)
+        steps = cmake_commands(
+            cmake, KERNEL_DIR, build_dir, [f"-DORT_INCLUDE_DIR={include}"], werror,
+            find_tool("ninja"), jobs,
+        )  # fmt: skip
+        for cmd in steps:
             if verbose:
                 print(" ".join(cmd), file=sys.stderr)
             run = subprocess.run(cmd, capture_output=True, text=True)
@@ -493,26 +508,17 @@ def build_native_runtime(
     library it was built against) into ``lib_dir``, the command line into ``bin_dir``; returns the
     library's path. ``sanitize``: e.g. ``address,undefined``. Raises KernelError naming what is
     missing or the compiler's errors."""
-    cmake = find_tool("cmake")
-    if cmake is None:
-        raise KernelError("CMake not found: expected cmake on PATH or the cmake Python package; "
-                          "fix: pip install cmake (or apt-get install cmake)")  # fmt: skip
-    defines = native_cmake_defines()
+    cmake = require_cmake()
+    defines = [*native_cmake_defines(), f"-DMVGPT_SANITIZE={sanitize}"]
     lib_dir, bin_dir = Path(lib_dir), Path(bin_dir)
     with tempfile.TemporaryDirectory(prefix="mvgpt-native-") as tmp:
         build_dir = Path(tmp)
         out = build_dir / "out"
-        configure = [cmake, "-S", str(NATIVE_DIR), "-B", str(build_dir), *defines]
-        ninja = find_tool("ninja")
-        if ninja:
-            configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
-        configure += [
-            f"-DMVGPT_WERROR={'ON' if werror else 'OFF'}",
-            f"-DMVGPT_SANITIZE={sanitize}",
-            f"-DMVGPT_OUTPUT_DIR={out}",
-        ]
-        jobs = str(max(1, min(4, os.cpu_count() or 1)))
-        for cmd in (configure, [cmake, "--build", str(build_dir), "--parallel", jobs]):
+        jobs = min(4, os.cpu_count() or 1)
+        steps = cmake_commands(
+            cmake, NATIVE_DIR, build_dir, defines, werror, find_tool("ninja"), jobs
+        )
+        for cmd in steps:
             if verbose:
                 print(" ".join(cmd), file=sys.stderr)
             run = subprocess.run(cmd, capture_output=True, text=True)
