@@ -522,6 +522,13 @@ def build_native_runtime(
             if verbose:
                 print(" ".join(cmd), file=sys.stderr)
             run = subprocess.run(cmd, capture_output=True, text=True)
+            if "mvgpt: no OpenCV" in run.stdout:
+                print(
+                    "note: libmvgpt is built without video files (OpenCV's C++ API not found: "
+                    "core, imgproc, videoio); fix: install it (Debian/Ubuntu: apt-get install "
+                    "libopencv-videoio-dev), then python -m mvgpt.kernels.build --native --force",
+                    file=sys.stderr,
+                )
             if run.returncode != 0:
                 log = (run.stdout + run.stderr).strip()[-4000:]
                 raise KernelError(

@@ -111,7 +111,21 @@ class Tokenizer:
 
 
 class ModelParams(ctypes.Structure):
-    _fields_ = [("threads", ctypes.c_int), ("ops_library", ctypes.c_char_p)]
+    _fields_ = [
+        ("threads", ctypes.c_int),
+        ("ops_library", ctypes.c_char_p),
+        ("provider", ctypes.c_char_p),
+    ]
+
+
+class StreamParams(ctypes.Structure):
+    _fields_ = [
+        ("window_s", ctypes.c_double),
+        ("refresh_s", ctypes.c_double),
+        ("target_fps", ctypes.c_double),
+        ("background", ctypes.c_int),
+        ("max_pending", ctypes.c_int),
+    ]
 
 
 class AnswerParams(ctypes.Structure):
@@ -163,7 +177,54 @@ def declare_model_api(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.mvgpt_answer_token_ids.argtypes = [vp, c.POINTER(c.POINTER(c.c_int32))]
     lib.mvgpt_answer_token_ids.restype = c.c_size_t
     lib.mvgpt_answer_free.argtypes = [vp]
+    lib.mvgpt_encode_video.argtypes = [vp, c.c_char_p, c.POINTER(vp)]
+    lib.mvgpt_video_files_supported.restype = c.c_int
+    lib.mvgpt_stream_default_params.restype = StreamParams
+    lib.mvgpt_stream_open.argtypes = [vp, c.POINTER(StreamParams), c.POINTER(vp)]
+    lib.mvgpt_stream_free.argtypes = [vp]
+    lib.mvgpt_stream_push.argtypes = [
+        vp, vp, c.c_int, c.c_int, c.c_double, c.POINTER(c.c_int),
+    ]  # fmt: skip
+    lib.mvgpt_stream_wait_idle.argtypes = [vp, c.c_double, c.POINTER(c.c_int)]
+    lib.mvgpt_stream_answer.argtypes = [
+        vp, c.c_char_p, c.c_int, c.POINTER(AnswerParams), TEXT_CALLBACK, vp, c.POINTER(vp),
+    ]  # fmt: skip
     return lib
+
+
+def _answer_params(lib: ctypes.CDLL, options: dict) -> AnswerParams:
+    params = lib.mvgpt_answer_default_params()
+    for key, value in options.items():
+        setattr(params, key, value)
+        if key == "seed":
+            params.use_seed = 1
+    return params
+
+
+def _callback(on_text):
+    """A C text callback around ``on_text(str) -> bool`` (False stops), or a NULL one."""
+    if on_text is None:
+        return TEXT_CALLBACK()
+
+    def forward(text, length, _user):
+        return 0 if on_text(ctypes.string_at(text, length).decode()) else 1
+
+    return TEXT_CALLBACK(forward)
+
+
+def _record(lib: ctypes.CDLL, answer: ctypes.c_void_p) -> dict:
+    """An answer's JSON record (checked against its text and ids), then the answer freed."""
+    import json
+
+    try:
+        record = json.loads(lib.mvgpt_answer_json(answer).decode())
+        ids = ctypes.POINTER(ctypes.c_int32)()
+        n = lib.mvgpt_answer_token_ids(answer, ctypes.byref(ids))
+        assert record["token_ids"] == ids[:n]
+        assert record["answer"] == lib.mvgpt_answer_text(answer).decode()
+        return record
+    finally:
+        lib.mvgpt_answer_free(answer)
 
 
 def ops_library() -> str:
@@ -176,10 +237,18 @@ def ops_library() -> str:
 class Model:
     """A package loaded by the native runtime, through the C API."""
 
-    def __init__(self, lib: ctypes.CDLL, package, threads: int = 0, ops: str | None = None):
+    def __init__(
+        self,
+        lib: ctypes.CDLL,
+        package,
+        threads: int = 0,
+        ops: str | None = None,
+        provider: str | None = None,
+    ):
         self.lib = declare_model_api(lib)
         self.handle = ctypes.c_void_p()
-        params = ModelParams(threads, (ops if ops is not None else ops_library()).encode())
+        library = (ops if ops is not None else ops_library()).encode()
+        params = ModelParams(threads, library, provider.encode() if provider else None)
         self._check(lib.mvgpt_model_load(str(package).encode(), params, ctypes.byref(self.handle)))
 
     def _check(self, status: int) -> None:
@@ -218,20 +287,17 @@ class Model:
         )
         return sampled[:n], selected[: count.value]
 
+    def encode_video(self, path) -> ctypes.c_void_p:
+        encoding = ctypes.c_void_p()
+        self._check(
+            self.lib.mvgpt_encode_video(self.handle, str(path).encode(), ctypes.byref(encoding))
+        )
+        return encoding
+
     def answer(self, encoding, question: str, on_text=None, **options) -> dict:
         """The answer's JSON record; ``on_text(str) -> bool`` (False stops) hears the pieces."""
-        import json
-
-        params = self.lib.mvgpt_answer_default_params()
-        for key, value in options.items():
-            setattr(params, key, value)
-            if key == "seed":
-                params.use_seed = 1
-
-        def forward(text, length, _user):
-            return 0 if on_text(ctypes.string_at(text, length).decode()) else 1
-
-        callback = TEXT_CALLBACK(forward) if on_text is not None else TEXT_CALLBACK()
+        params = _answer_params(self.lib, options)
+        callback = _callback(on_text)
         answer = ctypes.c_void_p()
         self._check(
             self.lib.mvgpt_answer_question(
@@ -244,15 +310,7 @@ class Model:
                 ctypes.byref(answer),
             )  # fmt: skip
         )
-        try:
-            record = json.loads(self.lib.mvgpt_answer_json(answer).decode())
-            ids = ctypes.POINTER(ctypes.c_int32)()
-            n = self.lib.mvgpt_answer_token_ids(answer, ctypes.byref(ids))
-            assert record["token_ids"] == ids[:n]
-            assert record["answer"] == self.lib.mvgpt_answer_text(answer).decode()
-            return record
-        finally:
-            self.lib.mvgpt_answer_free(answer)
+        return _record(self.lib, answer)
 
     def free_encoding(self, encoding) -> None:
         self.lib.mvgpt_encoding_free(encoding)
@@ -260,4 +318,60 @@ class Model:
     def close(self) -> None:
         if self.handle:
             self.lib.mvgpt_model_free(self.handle)
+            self.handle = ctypes.c_void_p()
+
+
+class Stream:
+    """A native stream session (mvgpt_stream_*) on a Model."""
+
+    def __init__(self, model: Model, **params):
+        self.lib, self.model = model.lib, model
+        p = self.lib.mvgpt_stream_default_params()
+        for key, value in params.items():
+            setattr(p, key, value)
+        self.handle = ctypes.c_void_p()
+        self._check(self.lib.mvgpt_stream_open(model.handle, p, ctypes.byref(self.handle)))
+
+    def _check(self, status: int) -> None:
+        if status != OK:
+            raise NativeError(status, self.lib.mvgpt_last_error().decode())
+
+    def push(self, frame, timestamp: float) -> bool:
+        import numpy as np
+
+        frame = np.ascontiguousarray(frame, dtype=np.uint8)
+        kept = ctypes.c_int(-1)
+        height, width = frame.shape[:2]
+        self._check(
+            self.lib.mvgpt_stream_push(
+                self.handle, frame.ctypes.data, height, width, timestamp, ctypes.byref(kept)
+            )
+        )
+        return bool(kept.value)
+
+    def wait_idle(self, timeout: float = 120.0) -> bool:
+        idle = ctypes.c_int(-1)
+        self._check(self.lib.mvgpt_stream_wait_idle(self.handle, timeout, ctypes.byref(idle)))
+        return bool(idle.value)
+
+    def answer(self, question: str, fresh: bool = False, on_text=None, **options) -> dict:
+        params = _answer_params(self.lib, options)
+        callback = _callback(on_text)
+        answer = ctypes.c_void_p()
+        self._check(
+            self.lib.mvgpt_stream_answer(
+                self.handle,
+                question.encode(),
+                int(fresh),
+                params,
+                callback,
+                None,
+                ctypes.byref(answer),
+            )  # fmt: skip
+        )
+        return _record(self.lib, answer)
+
+    def close(self) -> None:
+        if self.handle:
+            self.lib.mvgpt_stream_free(self.handle)
             self.handle = ctypes.c_void_p()

@@ -31,23 +31,26 @@ def readme_example() -> str:
     return found.group(1)
 
 
-def run_example(program: Path, package: Path) -> subprocess.CompletedProcess:
+def run_example(program: Path, package: Path, *video: Path) -> subprocess.CompletedProcess:
     """The example on ``package`` (with the custom-op library the set-up built)."""
     env = {**os.environ, "MVGPT_OPS_LIBRARY": libmvgpt.ops_library()}
     run = subprocess.run(
-        [str(program), str(package)], capture_output=True, text=True, timeout=120, env=env
-    )
+        [str(program), str(package), *map(str, video)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
     print(run.stdout, run.stderr)
     return run
 
 
 def answers_a_count(program: Path) -> dict:
-    """Run the example on the built-in model; its JSON record, whose answer is a count word."""
-    run = run_example(program, builtin_package())
-    assert run.returncode == 0, run.stderr
-    streamed, record = run.stdout.rstrip("\n").split("\n")
-    record = json.loads(record)
-    assert record["answer"] == streamed and record["answer"] in COUNTS
+    """Run the example on the built-in model, on frames in memory (its answer is a count word)
+    and on the sample video (the right count, as the README says); the last JSON record."""
+    for video, want in (((), COUNTS), ((builtin_package().parent / "sample.mp4",), ("three",))):
+        run = run_example(program, builtin_package(), *video)
+        assert run.returncode == 0, run.stderr
+        streamed, record = run.stdout.rstrip("\n").split("\n")
+        record = json.loads(record)
+        assert record["answer"] == streamed and record["answer"] in want
     return record
 
 

@@ -227,8 +227,8 @@ def test_cli_bad_input_exits_1_with_one_line(tmp_path, tiny_package):
     raw = tmp_path / "f.rgb"
     np.zeros((3, 20, 30, 3), np.uint8).tofile(raw)
     cases = {
-        (): "expected a question",
-        ("Why?",): "expected --frames FILE --shape F,H,W",
+        (): "expected a video file or --frames FILE --shape F,H,W",
+        ("Why?",): "expected a question",
         ("--frames", raw, "--shape", "3,20,31", "Why?"): "expected exactly 5580 bytes",
         ("--frames", raw, "--shape", "3x20", "Why?"): "--shape: expected F,H,W",
         (

@@ -1,8 +1,8 @@
 """The native runtime's tests again on a build with AddressSanitizer and UndefinedBehaviorSanitizer
 (any finding aborts the run): libmvgpt and mvgpt-cli are built with
 ``-fsanitize=address,undefined``, and the test process (Python, which loads the library through
-ctypes) starts with the ASan runtime preloaded. The tiny package is this session's (exported once,
-outside the sanitized process)."""
+ctypes) starts with the ASan runtime preloaded. The stream tests run its background thread too.
+The tiny package is this session's (exported once, outside the sanitized process)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def test_native_tests_pass_under_asan_and_ubsan(tmp_path, tiny_package):
     }
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/native/test_tokenizer.py", "tests/native/test_pipeline.py"],
+         "tests/native/test_tokenizer.py", "tests/native/test_pipeline.py",
+         "tests/native/test_video.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     print(run.stdout[-3000:], run.stderr[-3000:])

@@ -90,6 +90,9 @@ typedef struct mvgpt_model_params {
   int threads;             /* onnxruntime intra-op threads; 0: its default */
   const char *ops_library; /* the mvgpt custom-op library (libmvgpt_ops); NULL or "": the
                               MVGPT_OPS_LIBRARY environment variable, else the portable graphs */
+  const char *provider;    /* "cpu" (NULL or "": the same) or "cuda" (onnxruntime's CUDA execution
+                              provider, the CPU for what it does not run; MVGPT_UNSUPPORTED when the
+                              onnxruntime library has no CUDA provider) */
 } mvgpt_model_params;
 
 MVGPT_API mvgpt_model_params mvgpt_model_default_params(void);
@@ -108,6 +111,13 @@ MVGPT_API const char *mvgpt_model_notes(const mvgpt_model *model);
  * row-major; each frame counts as one second (frames are sampled as the package says). */
 MVGPT_API mvgpt_status mvgpt_encode_frames(mvgpt_model *model, const uint8_t *rgb, int num_frames,
                                            int height, int width, mvgpt_encoding **out);
+/* Encode a video file (mp4, avi, mkv, webm, ... : what OpenCV's FFmpeg backend reads), decoded
+ * and sampled as `mvgpt-run` does: 1 frame per second of the container's frame rate thinned to the
+ * package's frame count, a short clip spread evenly and repeated, the rotation tag honoured.
+ * MVGPT_UNSUPPORTED when this library was built without OpenCV (mvgpt_video_files_supported). */
+MVGPT_API mvgpt_status mvgpt_encode_video(mvgpt_model *model, const char *path, mvgpt_encoding **out);
+/* 1 when this library reads video files (built with OpenCV's C++ API), else 0. */
+MVGPT_API int mvgpt_video_files_supported(void);
 MVGPT_API void mvgpt_encoding_free(mvgpt_encoding *encoding);
 
 /* The encoding's visual embeddings, (`*rows`, `*cols`) float32 row-major (image tokens, then video
@@ -145,6 +155,49 @@ MVGPT_API size_t mvgpt_answer_token_ids(const mvgpt_answer *answer, const int32_
  * selected_frames, seconds (per stage), ttft_s, decode_tokens_per_s, encoding_reused, custom_ops. */
 MVGPT_API const char *mvgpt_answer_json(const mvgpt_answer *answer);
 MVGPT_API void mvgpt_answer_free(mvgpt_answer *answer);
+
+/* ---------------------------------------------------------------- live video */
+
+/* A stream session (runtime/stream.py's StreamSession): frames pushed as they arrive, answers
+ * about the last `window_s` seconds at any time. A frame is kept when it is the first at or after
+ * the next tick of a 1 / target_fps grid of stream time; each kept frame goes through
+ * preprocessing and clip_vision once, when it arrives; the decoder's [prompt prefix, visual] cache
+ * of the window is refreshed every `refresh_s` seconds in the background, so that a question pays
+ * for its own tokens only. An answer equals mvgpt_answer_question's on the window's kept frames.
+ * While a stream is open its model serves that stream only. */
+typedef struct mvgpt_stream mvgpt_stream;
+
+typedef struct mvgpt_stream_params {
+  double window_s;   /* seconds of video an answer is about; <= 0: frames per video / target_fps */
+  double refresh_s;  /* the background's prefix refresh period; < 0: 2 */
+  double target_fps; /* kept frames per second; <= 0: 1 */
+  int background;    /* nonzero: a thread of the stream encodes kept frames and refreshes the prefix;
+                        0: push encodes a kept frame at once and an answer refreshes the prefix */
+  int max_pending;   /* kept frames waiting for clip_vision; beyond it the oldest is dropped; <= 0: 8 */
+} mvgpt_stream_params;
+
+MVGPT_API mvgpt_stream_params mvgpt_stream_default_params(void);
+MVGPT_API mvgpt_status mvgpt_stream_open(mvgpt_model *model, const mvgpt_stream_params *params, mvgpt_stream **out);
+/* Stops the stream's thread (waiting for the step it is in) and frees it. */
+MVGPT_API void mvgpt_stream_free(mvgpt_stream *stream);
+
+/* Offer one (height, width, 3) uint8 RGB frame taken at `timestamp` seconds (increasing);
+ * `*kept` (may be NULL) is 1 when the sampling rule keeps it. The frame is copied. */
+MVGPT_API mvgpt_status mvgpt_stream_push(mvgpt_stream *stream, const uint8_t *rgb, int height, int width,
+                                         double timestamp, int *kept);
+
+/* Wait until every kept frame is encoded and the prefix covers the window (background streams);
+ * `*idle` is 0 when `timeout_s` passed first. */
+MVGPT_API mvgpt_status mvgpt_stream_wait_idle(mvgpt_stream *stream, double timeout_s, int *idle);
+
+/* Answer `question` about the window of the latest prefix (`fresh` nonzero: about the window as it
+ * is now, refreshing first when it has changed). The answer's JSON has mvgpt-run --stream --json's
+ * fields: answer, token_ids, window, frame_timestamps, frame_indices, selected_frames,
+ * prefix_age_s, prefix_seconds, seconds, ttft_s, decode_tokens_per_s, frames, kept, dropped,
+ * custom_ops. */
+MVGPT_API mvgpt_status mvgpt_stream_answer(mvgpt_stream *stream, const char *question, int fresh,
+                                           const mvgpt_answer_params *params, mvgpt_text_callback on_text,
+                                           void *user_data, mvgpt_answer **out);
 
 #ifdef __cplusplus
 }

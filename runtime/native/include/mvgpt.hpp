@@ -84,39 +84,85 @@ class Model {
     check(mvgpt_encode_frames(h_.get(), rgb, num_frames, height, width, &e));
     return Encoding(e);
   }
+  // a video file (mvgpt_encode_video: needs a libmvgpt built with OpenCV)
+  Encoding encode_video(const std::string& path) {
+    mvgpt_encoding* e = nullptr;
+    check(mvgpt_encode_video(h_.get(), path.c_str(), &e));
+    return Encoding(e);
+  }
   // on_text hears each piece of text; return false to stop. An exception it throws stops the
   // answer and is rethrown here (it does not cross the C library).
   Answer answer(const Encoding& encoding, const std::string& question,
                 mvgpt_answer_params params = mvgpt_answer_default_params(),
                 std::function<bool(const std::string&)> on_text = nullptr) {
-    struct Call {
+    return detail_answer(on_text, [&](mvgpt_text_callback cb, void* user, mvgpt_answer** a) {
+      return mvgpt_answer_question(h_.get(), encoding.get(), question.c_str(), &params, cb, user, a);
+    });
+  }
+  bool custom_ops() const { return mvgpt_model_custom_ops(h_.get()) != 0; }
+  std::string notes() const { return mvgpt_model_notes(h_.get()); }
+  mvgpt_model* get() const { return h_.get(); }
+
+  // (the callback's exception, if any, rethrown after the C call)
+  template <typename Call>
+  static Answer detail_answer(std::function<bool(const std::string&)>& on_text, Call&& call) {
+    struct State {
       std::function<bool(const std::string&)>* on_text;
       std::exception_ptr error;
-    } call{&on_text, nullptr};
+    } state{&on_text, nullptr};
     auto forward = [](const char* text, size_t length, void* user) -> int {
-      auto* c = static_cast<Call*>(user);
+      auto* s = static_cast<State*>(user);
       try {
-        return (*c->on_text)(std::string(text, length)) ? 0 : 1;
+        return (*s->on_text)(std::string(text, length)) ? 0 : 1;
       } catch (...) {
-        c->error = std::current_exception();
+        s->error = std::current_exception();
         return 1;
       }
     };
     mvgpt_answer* a = nullptr;
-    const mvgpt_status status = mvgpt_answer_question(h_.get(), encoding.get(), question.c_str(), &params,
-                                                      on_text ? +forward : nullptr, &call, &a);
-    if (call.error) {
+    const mvgpt_status status = call(on_text ? +forward : nullptr, &state, &a);
+    if (state.error) {
       mvgpt_answer_free(a);
-      std::rethrow_exception(call.error);
+      std::rethrow_exception(state.error);
     }
     check(status);
     return Answer(a);
   }
-  bool custom_ops() const { return mvgpt_model_custom_ops(h_.get()) != 0; }
-  std::string notes() const { return mvgpt_model_notes(h_.get()); }
 
  private:
   Handle<mvgpt_model, mvgpt_model_free> h_;
+};
+
+// Live video (mvgpt_stream_*): push frames as they arrive, ask about the last seconds. Destroy the
+// stream before its model.
+class Stream {
+ public:
+  explicit Stream(Model& model, mvgpt_stream_params params = mvgpt_stream_default_params()) {
+    mvgpt_stream* s = nullptr;
+    check(mvgpt_stream_open(model.get(), &params, &s));
+    h_ = Handle<mvgpt_stream, mvgpt_stream_free>(s);
+  }
+  // one (height, width, 3) RGB frame at `timestamp` seconds; true when it is kept
+  bool push(const uint8_t* rgb, int height, int width, double timestamp) {
+    int kept = 0;
+    check(mvgpt_stream_push(h_.get(), rgb, height, width, timestamp, &kept));
+    return kept != 0;
+  }
+  bool wait_idle(double timeout_s = 60.0) {
+    int idle = 0;
+    check(mvgpt_stream_wait_idle(h_.get(), timeout_s, &idle));
+    return idle != 0;
+  }
+  Answer answer(const std::string& question, bool fresh = false,
+                mvgpt_answer_params params = mvgpt_answer_default_params(),
+                std::function<bool(const std::string&)> on_text = nullptr) {
+    return Model::detail_answer(on_text, [&](mvgpt_text_callback cb, void* user, mvgpt_answer** a) {
+      return mvgpt_stream_answer(h_.get(), question.c_str(), fresh ? 1 : 0, &params, cb, user, a);
+    });
+  }
+
+ private:
+  Handle<mvgpt_stream, mvgpt_stream_free> h_;
 };
 
 }  // namespace mvgpt

@@ -1,6 +1,9 @@
 // The C API: converts arguments, forwards to the classes, and turns every exception into a status
 // and this thread's last message. No exception leaves this file.
+#include <cmath>
 #include <cstring>
+#include <functional>
+#include <optional>
 #include <memory>
 #include <new>
 #include <string>
@@ -10,6 +13,8 @@
 #include "mvgpt.h"
 #include "pipeline.h"
 #include "status.h"
+#include "stream.h"
+#include "video.h"
 #include "tokenizer.h"
 
 struct mvgpt_tokenizer {
@@ -35,6 +40,11 @@ struct mvgpt_encoding {
 struct mvgpt_answer {
   mvgpt::Answer impl;
   std::string json;
+};
+
+struct mvgpt_stream {
+  mvgpt_model* model = nullptr;
+  std::unique_ptr<mvgpt::Stream> impl;
 };
 
 namespace {
@@ -71,6 +81,44 @@ mvgpt_status guarded(F&& body) noexcept {
 
 [[noreturn]] void null_argument(const char* name) {
   throw mvgpt::Error(MVGPT_INVALID_ARGUMENT, std::string(name) + ": expected a pointer, got NULL");
+}
+
+mvgpt::AnswerOptions answer_options(const mvgpt_answer_params* params) {
+  const mvgpt_answer_params p = params != nullptr ? *params : mvgpt_answer_default_params();
+  if (p.max_new_tokens < 0) {
+    throw mvgpt::Error(MVGPT_INVALID_ARGUMENT, "max_new_tokens: expected 0 (the package's) or more, got " +
+                                                   std::to_string(p.max_new_tokens) + "; fix: pass a token count >= 0");
+  }
+  mvgpt::AnswerOptions options;
+  options.max_new_tokens = p.max_new_tokens;
+  if (p.temperature > 0) options.temperature = p.temperature;
+  if (p.top_p >= 0) options.top_p = p.top_p;
+  if (p.top_k >= 0) options.top_k = p.top_k;
+  if (p.repetition_penalty > 0) options.repetition_penalty = p.repetition_penalty;
+  if (p.use_seed) options.seed = p.seed;
+  return options;
+}
+
+std::function<bool(const std::string&)> text_callback(mvgpt_text_callback on_text, void* user_data) {
+  if (on_text == nullptr) return nullptr;
+  return [on_text, user_data](const std::string& text) { return on_text(text.c_str(), text.size(), user_data) == 0; };
+}
+
+nlohmann::ordered_json optional_number(const std::optional<double>& value) {
+  return value ? nlohmann::ordered_json(*value) : nlohmann::ordered_json();
+}
+
+std::string dump(const nlohmann::ordered_json& record) {
+  return record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+mvgpt_status new_encoding(mvgpt_model* model, std::unique_ptr<mvgpt::Encoding> impl, mvgpt_encoding** out) {
+  auto encoding = std::make_unique<mvgpt_encoding>();
+  encoding->impl = std::move(impl);
+  encoding->hidden = static_cast<size_t>(model->impl.model().manifest().hidden_size);
+  encoding->owner = model;
+  *out = encoding.release();
+  return MVGPT_OK;
 }
 
 }  // namespace
@@ -147,7 +195,7 @@ size_t mvgpt_tokenizer_vocab_size(const mvgpt_tokenizer* tokenizer) {
   return tokenizer == nullptr ? 0 : tokenizer->impl.vocab_size();
 }
 
-mvgpt_model_params mvgpt_model_default_params(void) { return mvgpt_model_params{0, nullptr}; }
+mvgpt_model_params mvgpt_model_default_params(void) { return mvgpt_model_params{0, nullptr, nullptr}; }
 
 mvgpt_status mvgpt_model_load(const char* package, const mvgpt_model_params* params, mvgpt_model** out) {
   return guarded([&] {
@@ -162,6 +210,7 @@ mvgpt_status mvgpt_model_load(const char* package, const mvgpt_model_params* par
     mvgpt::ModelOptions options;
     options.threads = p.threads;
     options.ops_library = p.ops_library != nullptr ? p.ops_library : "";
+    options.provider = p.provider != nullptr && *p.provider != '\0' ? p.provider : "cpu";
     *out = new mvgpt_model(package, options);
     return MVGPT_OK;
   });
@@ -185,14 +234,21 @@ mvgpt_status mvgpt_encode_frames(mvgpt_model* model, const uint8_t* rgb, int num
                                           "a frame, got (" + std::to_string(num_frames) + ", " + std::to_string(height) + ", " +
                                               std::to_string(width) + ", 3); fix: pass decoded RGB frames");
     }
-    auto encoding = std::make_unique<mvgpt_encoding>();
-    encoding->impl = model->impl.encode_frames(rgb, num_frames, height, width);
-    encoding->hidden = static_cast<size_t>(model->impl.model().manifest().hidden_size);
-    encoding->owner = model;
-    *out = encoding.release();
-    return MVGPT_OK;
+    return new_encoding(model, model->impl.encode_frames(rgb, num_frames, height, width), out);
   });
 }
+
+mvgpt_status mvgpt_encode_video(mvgpt_model* model, const char* path, mvgpt_encoding** out) {
+  return guarded([&] {
+    if (out == nullptr) null_argument("out");
+    *out = nullptr;
+    if (model == nullptr) null_argument("model");
+    if (path == nullptr) null_argument("path");
+    return new_encoding(model, model->impl.encode_video(path), out);
+  });
+}
+
+int mvgpt_video_files_supported(void) { return mvgpt::video_files_supported() ? 1 : 0; }
 
 void mvgpt_encoding_free(mvgpt_encoding* encoding) { delete encoding; }
 
@@ -227,22 +283,8 @@ mvgpt_status mvgpt_answer_question(mvgpt_model* model, mvgpt_encoding* encoding,
       return fail(MVGPT_INVALID_ARGUMENT, "encoding: expected one that this model made (mvgpt_encode_frames), got another "
                                           "model's; fix: encode the video with the model that answers");
     }
-    const mvgpt_answer_params p = params != nullptr ? *params : mvgpt_answer_default_params();
-    if (p.max_new_tokens < 0) {
-      return fail(MVGPT_INVALID_ARGUMENT, "max_new_tokens: expected 0 (the package's) or more, got " + std::to_string(p.max_new_tokens) +
-                                              "; fix: pass a token count >= 0");
-    }
-    mvgpt::AnswerOptions options;
-    options.max_new_tokens = p.max_new_tokens;
-    if (p.temperature > 0) options.temperature = p.temperature;
-    if (p.top_p >= 0) options.top_p = p.top_p;
-    if (p.top_k >= 0) options.top_k = p.top_k;
-    if (p.repetition_penalty > 0) options.repetition_penalty = p.repetition_penalty;
-    if (p.use_seed) options.seed = p.seed;
-    std::function<bool(const std::string&)> callback;
-    if (on_text != nullptr) {
-      callback = [&](const std::string& text) { return on_text(text.c_str(), text.size(), user_data) == 0; };
-    }
+    const mvgpt::AnswerOptions options = answer_options(params);
+    const auto callback = text_callback(on_text, user_data);
     auto answer = std::make_unique<mvgpt_answer>();
     answer->impl = model->impl.answer(*encoding->impl, question, options, callback);
     const mvgpt::Encoding& e = *encoding->impl;
@@ -262,11 +304,11 @@ mvgpt_status mvgpt_answer_question(mvgpt_model* model, mvgpt_encoding* encoding,
         {"selected_frames", e.selected_frames},
         {"seconds", seconds},
         {"ttft_s", a.ttft_s + (encoding->answered ? 0.0 : encode_seconds)},
-        {"decode_tokens_per_s", a.decode_tokens_per_s ? nlohmann::ordered_json(*a.decode_tokens_per_s) : nlohmann::ordered_json()},
+        {"decode_tokens_per_s", optional_number(a.decode_tokens_per_s)},
         {"encoding_reused", a.encoding_reused},
         {"custom_ops", model->impl.model().custom_ops()},
     };
-    answer->json = record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+    answer->json = dump(record);
     encoding->answered = true;
     *out = answer.release();
     return MVGPT_OK;
@@ -283,5 +325,100 @@ size_t mvgpt_answer_token_ids(const mvgpt_answer* answer, const int32_t** ids) {
 const char* mvgpt_answer_json(const mvgpt_answer* answer) { return answer == nullptr ? "" : answer->json.c_str(); }
 
 void mvgpt_answer_free(mvgpt_answer* answer) { delete answer; }
+
+mvgpt_stream_params mvgpt_stream_default_params(void) { return mvgpt_stream_params{0.0, 2.0, 1.0, 1, 8}; }
+
+mvgpt_status mvgpt_stream_open(mvgpt_model* model, const mvgpt_stream_params* params, mvgpt_stream** out) {
+  return guarded([&] {
+    if (out == nullptr) null_argument("out");
+    *out = nullptr;
+    if (model == nullptr) null_argument("model");
+    const mvgpt_stream_params p = params != nullptr ? *params : mvgpt_stream_default_params();
+    mvgpt::StreamOptions options;
+    options.window_s = p.window_s;
+    options.refresh_s = p.refresh_s < 0 ? 2.0 : p.refresh_s;
+    options.target_fps = p.target_fps <= 0 ? 1.0 : p.target_fps;
+    options.background = p.background != 0;
+    options.max_pending = p.max_pending <= 0 ? 8 : p.max_pending;
+    if (std::isnan(p.window_s) || std::isnan(p.refresh_s) || std::isnan(p.target_fps)) {
+      return fail(MVGPT_INVALID_ARGUMENT, "stream params: expected numbers, got NaN; fix: start from mvgpt_stream_default_params()");
+    }
+    auto stream = std::make_unique<mvgpt_stream>();
+    stream->model = model;
+    stream->impl = std::make_unique<mvgpt::Stream>(model->impl, options);
+    *out = stream.release();
+    return MVGPT_OK;
+  });
+}
+
+void mvgpt_stream_free(mvgpt_stream* stream) { delete stream; }
+
+mvgpt_status mvgpt_stream_push(mvgpt_stream* stream, const uint8_t* rgb, int height, int width, double timestamp, int* kept) {
+  return guarded([&] {
+    if (kept != nullptr) *kept = 0;
+    if (stream == nullptr) null_argument("stream");
+    if (rgb == nullptr) null_argument("rgb");
+    if (height < 1 || width < 1 || static_cast<int64_t>(height) * width > (int64_t{1} << 26)) {
+      return fail(MVGPT_INVALID_ARGUMENT, "stream frame: expected (height >= 1, width >= 1, 3) uint8 RGB of at most 2^26 pixels, got (" +
+                                              std::to_string(height) + ", " + std::to_string(width) + ", 3); fix: push decoded RGB frames");
+    }
+    const bool was_kept = stream->impl->push(rgb, height, width, timestamp);
+    if (kept != nullptr) *kept = was_kept ? 1 : 0;
+    return MVGPT_OK;
+  });
+}
+
+mvgpt_status mvgpt_stream_wait_idle(mvgpt_stream* stream, double timeout_s, int* idle) {
+  return guarded([&] {
+    if (idle != nullptr) *idle = 0;
+    if (stream == nullptr) null_argument("stream");
+    if (!(timeout_s >= 0)) {
+      return fail(MVGPT_INVALID_ARGUMENT, "timeout_s: expected seconds >= 0, got " + std::to_string(timeout_s) + "; fix: pass e.g. 60");
+    }
+    const bool done = stream->impl->wait_idle(timeout_s);
+    if (idle != nullptr) *idle = done ? 1 : 0;
+    return MVGPT_OK;
+  });
+}
+
+mvgpt_status mvgpt_stream_answer(mvgpt_stream* stream, const char* question, int fresh, const mvgpt_answer_params* params,
+                                 mvgpt_text_callback on_text, void* user_data, mvgpt_answer** out) {
+  return guarded([&] {
+    if (out == nullptr) null_argument("out");
+    *out = nullptr;
+    if (stream == nullptr) null_argument("stream");
+    if (question == nullptr) null_argument("question");
+    const mvgpt::AnswerOptions options = answer_options(params);
+    mvgpt::StreamAnswer live = stream->impl->answer(question, fresh != 0, options, text_callback(on_text, user_data));
+    const mvgpt::StreamPrefix& prefix = *live.prefix;
+    const mvgpt::Encoding& e = *prefix.encoding;
+    auto answer = std::make_unique<mvgpt_answer>();
+    answer->impl = std::move(live.answer);
+    const mvgpt::Answer& a = answer->impl;
+    nlohmann::ordered_json seconds = nlohmann::ordered_json::object();
+    for (const char* stage : {"decode_video", "clip_vision", "frame_scorer", "video_mamba", "projectors"}) seconds[stage] = 0.0;
+    for (const auto& [k, v] : a.seconds) seconds[k] = v;
+    nlohmann::ordered_json record = {
+        {"answer", a.text},
+        {"token_ids", a.token_ids},
+        {"window", {prefix.timestamps.front(), prefix.timestamps.back()}},
+        {"frame_timestamps", prefix.timestamps},
+        {"frame_indices", e.frame_indices},
+        {"selected_frames", e.selected_frames},
+        {"prefix_age_s", live.prefix_age_s},
+        {"prefix_seconds", prefix.seconds},
+        {"seconds", seconds},
+        {"ttft_s", a.ttft_s},
+        {"decode_tokens_per_s", optional_number(a.decode_tokens_per_s)},
+        {"frames", stream->impl->pushed()},
+        {"kept", stream->impl->kept()},
+        {"dropped", stream->impl->dropped()},
+        {"custom_ops", stream->model->impl.model().custom_ops()},
+    };
+    answer->json = dump(record);
+    *out = answer.release();
+    return MVGPT_OK;
+  });
+}
 
 }  // extern "C"

@@ -63,6 +63,37 @@ void check_side(const std::string& stage, const char* kind, const std::vector<Te
   }
 }
 
+// The execution provider of every session: nothing for the CPU, CUDA's (device 0, onnxruntime's
+// defaults) for "cuda", after checking that this onnxruntime library has it.
+void check_provider(const std::string& provider) {
+  if (provider == "cpu") return;
+  if (provider != "cuda") {
+    throw Error(MVGPT_INVALID_ARGUMENT, "unknown provider '" + provider + "': expected cpu or cuda; fix: pick one of those");
+  }
+  std::string available;
+  for (const std::string& name : Ort::GetAvailableProviders()) {
+    if (name == "CUDAExecutionProvider") return;
+    available += (available.empty() ? "" : ", ") + name;
+  }
+  throw Error(MVGPT_UNSUPPORTED, "provider 'cuda' (CUDAExecutionProvider) is not in this onnxruntime library: expected it in "
+                                 "the library's providers, got " + available + "; fix: choose cpu, or build against the "
+                                 "onnxruntime-gpu wheel's library (ORT_LIBRARY)");
+}
+
+void add_provider(Ort::SessionOptions& so, const std::string& provider) {
+  if (provider != "cuda") return;
+  const OrtApi& api = Ort::GetApi();
+  OrtCUDAProviderOptionsV2* cuda = nullptr;
+  Ort::ThrowOnError(api.CreateCUDAProviderOptions(&cuda));
+  try {
+    so.AppendExecutionProvider_CUDA_V2(*cuda);
+  } catch (...) {
+    api.ReleaseCUDAProviderOptions(cuda);
+    throw;
+  }
+  api.ReleaseCUDAProviderOptions(cuda);
+}
+
 }  // namespace
 
 Ort::Env& ort_env() {
@@ -88,6 +119,7 @@ Model::Model(const std::string& folder, const ModelOptions& options)
     for (const auto& f : missing) list += (list.empty() ? "" : ", ") + f;
     throw Error(MVGPT_BAD_FORMAT, "'" + folder + "': expected the package files " + list + ", got them missing; " + kFix);
   }
+  check_provider(options.provider);
   std::string library = options.ops_library;
   if (library.empty() && std::getenv("MVGPT_OPS_LIBRARY") != nullptr) library = std::getenv("MVGPT_OPS_LIBRARY");
   const bool have_library = !library.empty() && is_file(library);
@@ -136,6 +168,7 @@ Model::Model(const std::string& folder, const ModelOptions& options)
     } else {
       for (const auto& [k, v] : s.session_config) so.AddConfigEntry(k.c_str(), v.c_str());
     }
+    add_provider(so, options.provider);
     const std::string path = folder + "/" + file;
     std::unique_ptr<Ort::Session> session;
     try {

@@ -18,6 +18,7 @@ namespace mvgpt {
 struct ModelOptions {
   int threads = 0;          // intra-op threads; 0: onnxruntime's default
   std::string ops_library;  // libmvgpt_ops; "": $MVGPT_OPS_LIBRARY, else none (portable graphs)
+  std::string provider = "cpu";  // or "cuda": onnxruntime's CUDA execution provider, then the CPU
 };
 
 class Model {

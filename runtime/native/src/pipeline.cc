@@ -10,6 +10,7 @@
 #include "preprocess.h"
 #include "status.h"
 #include "utf8.h"
+#include "video.h"
 
 namespace mvgpt {
 namespace {
@@ -351,31 +352,73 @@ std::unique_ptr<Encoding> Pipeline::encode_frames(const uint8_t* rgb, int num_fr
                                             std::to_string(num_frames) + " frames of " + std::to_string(height) + "x" +
                                             std::to_string(width) + "; fix: pass decoded RGB frames");
   }
+  const double start = now();
   const Manifest& m = model_.manifest();
-  auto enc = std::make_unique<Encoding>();
-  const double t0 = now();
-  enc->frame_indices = sample_positions(num_frames, 1.0, m.num_frames, 1.0);  // one frame per second
-  const int frames = static_cast<int>(enc->frame_indices.size());
-  if (frames != m.num_frames) {
+  std::vector<int32_t> positions = sample_positions(num_frames, 1.0, m.num_frames, 1.0);  // one frame per second
+  const size_t frame_bytes = static_cast<size_t>(height) * width * 3;
+  std::vector<FrameView> views;
+  for (int index : positions) views.push_back(FrameView{rgb + static_cast<size_t>(index) * frame_bytes, height, width});
+  return encode_sampled(views, std::move(positions), start);
+}
+
+std::unique_ptr<Encoding> Pipeline::encode_video(const std::string& path) {
+  const double start = now();
+  const Manifest& m = model_.manifest();
+  VideoFrames video = read_video(path, m.num_frames, 1.0);
+  const size_t frame_bytes = static_cast<size_t>(video.height) * video.width * 3;
+  std::vector<FrameView> views;
+  for (size_t i = 0; i < video.positions.size(); ++i) {
+    views.push_back(FrameView{video.rgb.data() + i * frame_bytes, video.height, video.width});
+  }
+  return encode_sampled(views, std::move(video.positions), start);
+}
+
+void Pipeline::preprocess(const FrameView& frame, std::vector<float>& clip, std::vector<float>& mamba) const {
+  const Manifest& m = model_.manifest();
+  preprocess_clip(frame, m.clip.size, m.clip.resize == "shortest_side_bicubic_center_crop", m.clip.mean, m.clip.std, clip);
+  preprocess_video_mamba(frame, m.video_mamba.size, m.video_mamba.mean, m.video_mamba.std, mamba);
+}
+
+std::vector<float> Pipeline::clip_features(const std::vector<float>& clip_pixels, int frames, std::vector<int64_t>* shape) {
+  const int64_t s = model_.manifest().clip.size;
+  std::vector<float> features = run("clip_vision", "pixel_values", clip_pixels, {frames, 3, s, s}, "image_features", shape);
+  if (shape->size() != 3 || (*shape)[0] != frames) {
+    throw Error(MVGPT_BAD_FORMAT, "clip_vision: expected (frames, patches, channels) features; fix: re-export the package");
+  }
+  return features;
+}
+
+std::unique_ptr<Encoding> Pipeline::encode_sampled(const std::vector<FrameView>& views, std::vector<int32_t> positions, double start) {
+  const Manifest& m = model_.manifest();
+  const int frames = static_cast<int>(views.size());
+  if (frames != m.num_frames || positions.size() != views.size()) {
     throw Error(MVGPT_INTERNAL, "frame sampling gave " + std::to_string(frames) + " frames");
   }
   std::vector<float> clip_pixels, mamba_pixels;
-  const size_t frame_bytes = static_cast<size_t>(height) * width * 3;
-  for (int index : enc->frame_indices) {
-    const FrameView view{rgb + static_cast<size_t>(index) * frame_bytes, height, width};
-    preprocess_clip(view, m.clip.size, m.clip.resize == "shortest_side_bicubic_center_crop", m.clip.mean, m.clip.std, clip_pixels);
-    preprocess_video_mamba(view, m.video_mamba.size, m.video_mamba.mean, m.video_mamba.std, mamba_pixels);
-  }
+  for (const FrameView& view : views) preprocess(view, clip_pixels, mamba_pixels);
+  std::map<std::string, double> seconds;
   const double t1 = now();
-  enc->seconds["decode_video"] = t1 - t0;
+  seconds["decode_video"] = t1 - start;
   std::vector<int64_t> feature_shape;
-  const int64_t s = m.clip.size;
-  std::vector<float> features = run("clip_vision", "pixel_values", clip_pixels, {frames, 3, s, s}, "image_features", &feature_shape);
-  if (feature_shape.size() != 3 || feature_shape[0] != frames) {
-    throw Error(MVGPT_BAD_FORMAT, "clip_vision: expected (frames, patches, channels) features; fix: re-export the package");
+  std::vector<float> features = clip_features(clip_pixels, frames, &feature_shape);
+  seconds["clip_vision"] = now() - t1;
+  return encode_features(features, feature_shape, mamba_pixels, std::move(positions), std::move(seconds));
+}
+
+std::unique_ptr<Encoding> Pipeline::encode_features(const std::vector<float>& features, const std::vector<int64_t>& feature_shape,
+                                                    const std::vector<float>& mamba_pixels, std::vector<int32_t> positions,
+                                                    std::map<std::string, double> seconds) {
+  const Manifest& m = model_.manifest();
+  const int frames = static_cast<int>(positions.size());
+  const int64_t ms = m.video_mamba.size, plane = ms * ms;
+  if (feature_shape.size() != 3 || feature_shape[0] != frames || frames != m.num_frames ||
+      mamba_pixels.size() != static_cast<size_t>(frames * 3 * plane)) {
+    throw Error(MVGPT_INTERNAL, "encode_features: expected the features and pixels of " + std::to_string(m.num_frames) + " frames");
   }
+  auto enc = std::make_unique<Encoding>();
+  enc->frame_indices = std::move(positions);
+  enc->seconds = std::move(seconds);
   const double t2 = now();
-  enc->seconds["clip_vision"] = t2 - t1;
   const int64_t patches = feature_shape.at(1), dim = feature_shape.at(2);
   const int chunks = frames / m.chunk_size;
   std::vector<int64_t> score_shape;
@@ -394,7 +437,6 @@ std::unique_ptr<Encoding> Pipeline::encode_frames(const uint8_t* rgb, int num_fr
   }
   const double t3 = now();
   enc->seconds["frame_scorer"] = t3 - t2;
-  const int64_t ms = m.video_mamba.size, plane = ms * ms;
   const int64_t selected = static_cast<int64_t>(enc->selected_frames.size());
   std::vector<float> clip(static_cast<size_t>(3 * selected * plane));
   for (int64_t c = 0; c < 3; ++c) {
@@ -447,6 +489,34 @@ std::vector<int64_t> Pipeline::prompt_ids(const std::string& question) const {
   return ids;
 }
 
+std::pair<std::vector<int64_t>, std::vector<int64_t>> Pipeline::split_prompt(const std::vector<int64_t>& ids) const {
+  const int64_t sentinel = model_.manifest().sentinel;
+  const auto first = std::find(ids.begin(), ids.end(), sentinel);
+  const auto last = std::find_if(first, ids.end(), [&](int64_t t) { return t != sentinel; });
+  if (first == ids.end() || std::find(last, ids.end(), sentinel) != ids.end()) {
+    throw Error(MVGPT_INVALID_ARGUMENT, "prompt ids: expected one contiguous run of image sentinels (" +
+                                            std::to_string(sentinel) + "); fix: check the package's prompt template");
+  }
+  return {std::vector<int64_t>(ids.begin(), first), std::vector<int64_t>(last, ids.end())};
+}
+
+std::vector<int64_t> Pipeline::prefix_ids() const { return split_prompt(prompt_ids("?")).first; }
+
+void Pipeline::prefill_prefix(Encoding& encoding, int step, const std::function<void(const std::function<void()>&)>& each_run) {
+  const Manifest& m = model_.manifest();
+  const std::vector<int64_t> prefix = prefix_ids();
+  std::vector<float> embeds = embed(prefix);
+  embeds.insert(embeds.end(), encoding.visual.begin(), encoding.visual.end());
+  const int positions = static_cast<int>(embeds.size() / m.hidden_size);
+  Decoder decoder(model_, positions);
+  for (int start = 0; start < positions; start += step) {
+    each_run([&] { decoder.run(embeds.data() + static_cast<size_t>(start) * m.hidden_size, std::min(step, positions - start)); });
+  }
+  encoding.shared_cache = decoder.snapshot();
+  encoding.shared_positions = decoder.length();
+  encoding.shared_ids = prefix;
+}
+
 Answer Pipeline::answer(Encoding& encoding, const std::string& question, const AnswerOptions& options,
                         const std::function<bool(const std::string&)>& on_text) {
   const double start = now();
@@ -465,14 +535,7 @@ Answer Pipeline::answer(Encoding& encoding, const std::string& question, const A
     throw Error(MVGPT_INVALID_ARGUMENT, "generation options: expected repetition_penalty > 0, top_p in (0, 1], top_k >= 0, "
                                         "temperature >= 0; fix: change the answer options");
   }
-  // the prompt's text before and after the one run of sentinels
-  const auto first = std::find(ids.begin(), ids.end(), m.sentinel);
-  const auto last = std::find_if(first, ids.end(), [&](int64_t t) { return t != m.sentinel; });
-  if (first == ids.end() || std::find(last, ids.end(), m.sentinel) != ids.end()) {
-    throw Error(MVGPT_INVALID_ARGUMENT, "prompt ids: expected one contiguous run of image sentinels (" +
-                                            std::to_string(m.sentinel) + "); fix: check the package's prompt template");
-  }
-  const std::vector<int64_t> prefix(ids.begin(), first), suffix(last, ids.end());
+  const auto [prefix, suffix] = split_prompt(ids);
   if (suffix.empty()) {
     throw Error(MVGPT_INVALID_ARGUMENT, "prompt: expected text after the visual embeddings, got none; fix: check the "
                                         "question and the package's prompt template");

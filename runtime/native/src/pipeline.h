@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "model.h"
+#include "preprocess.h"
 #include "tokenizer.h"
 
 namespace mvgpt {
@@ -53,6 +54,24 @@ class Pipeline {
 
   // frames: (num_frames, height, width, 3) uint8 RGB in memory; each counts as one second
   std::unique_ptr<Encoding> encode_frames(const uint8_t* rgb, int num_frames, int height, int width);
+  // a video file, decoded and sampled as runtime/video.py does (video.h; needs OpenCV)
+  std::unique_ptr<Encoding> encode_video(const std::string& path);
+
+  // The steps of an encoding, for frames that arrive one at a time (stream.h):
+  // one frame's CLIP and VideoMamba pixels, appended to `clip` and `mamba`
+  void preprocess(const FrameView& frame, std::vector<float>& clip, std::vector<float>& mamba) const;
+  // clip_vision: (frames, 3, S, S) pixels -> (frames, patches, channels) features
+  std::vector<float> clip_features(const std::vector<float>& clip_pixels, int frames, std::vector<int64_t>* shape);
+  // the stages after clip_vision on the sampled frames' features and VideoMamba pixels;
+  // `positions`: their source frame indices; `seconds`: the stages already timed
+  std::unique_ptr<Encoding> encode_features(const std::vector<float>& features, const std::vector<int64_t>& feature_shape,
+                                            const std::vector<float>& mamba_pixels, std::vector<int32_t> positions,
+                                            std::map<std::string, double> seconds);
+  // the prompt's ids before the visual embeddings (the same for every question)
+  std::vector<int64_t> prefix_ids() const;
+  // Fills `encoding`'s kept KV cache with [prefix ids, visual], `step` positions per decoder run;
+  // each run is made through `each_run` (which may hold a lock around it).
+  void prefill_prefix(Encoding& encoding, int step, const std::function<void(const std::function<void()>&)>& each_run);
   // `on_text` hears each piece of the answer as it is decided; returning false stops the answer
   Answer answer(Encoding& encoding, const std::string& question, const AnswerOptions& options,
                 const std::function<bool(const std::string&)>& on_text);
@@ -65,6 +84,9 @@ class Pipeline {
   std::vector<float> run(const std::string& stage, const std::string& input_role, const std::vector<float>& data,
                          const std::vector<int64_t>& shape, const std::string& output_role, std::vector<int64_t>* out_shape);
   std::vector<float> embed(const std::vector<int64_t>& ids);
+  std::unique_ptr<Encoding> encode_sampled(const std::vector<FrameView>& frames, std::vector<int32_t> positions, double start);
+  // (prefix, suffix): a prompt's ids before and after its one run of visual sentinels
+  std::pair<std::vector<int64_t>, std::vector<int64_t>> split_prompt(const std::vector<int64_t>& ids) const;
   Model model_;
   Tokenizer tokenizer_;
 };
