@@ -390,6 +390,7 @@ mvgpt_status mvgpt_stream_answer(mvgpt_stream* stream, const char* question, int
     if (question == nullptr) null_argument("question");
     const mvgpt::AnswerOptions options = answer_options(params);
     mvgpt::StreamAnswer live = stream->impl->answer(question, fresh != 0, options, text_callback(on_text, user_data));
+    const mvgpt::Stream::Counts counts = stream->impl->counts();
     const mvgpt::StreamPrefix& prefix = *live.prefix;
     const mvgpt::Encoding& e = *prefix.encoding;
     auto answer = std::make_unique<mvgpt_answer>();
@@ -410,9 +411,9 @@ mvgpt_status mvgpt_stream_answer(mvgpt_stream* stream, const char* question, int
         {"seconds", seconds},
         {"ttft_s", a.ttft_s},
         {"decode_tokens_per_s", optional_number(a.decode_tokens_per_s)},
-        {"frames", stream->impl->pushed()},
-        {"kept", stream->impl->kept()},
-        {"dropped", stream->impl->dropped()},
+        {"frames", counts.frames},
+        {"kept", counts.kept},
+        {"dropped", counts.dropped},
         {"custom_ops", stream->model->impl.model().custom_ops()},
     };
     answer->json = dump(record);

@@ -502,19 +502,38 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> Pipeline::split_prompt(con
 
 std::vector<int64_t> Pipeline::prefix_ids() const { return split_prompt(prompt_ids("?")).first; }
 
+namespace {
+
+// [prefix, visual] (`embeds`: the prefix ids' embeddings) into the empty `decoder`, `step`
+// positions per run, each made through `each_run` (nullptr: directly); then a copy of its cache
+// kept with `encoding` for the next questions (the encoding changes only once the copy is whole).
+void prefill_shared(Decoder& decoder, std::vector<float> embeds, Encoding& encoding, const std::vector<int64_t>& prefix, int step,
+                    const std::function<void(const std::function<void()>&)>& each_run, int64_t hidden) {
+  embeds.insert(embeds.end(), encoding.visual.begin(), encoding.visual.end());
+  const int positions = static_cast<int>(embeds.size() / static_cast<size_t>(hidden));
+  for (int start = 0; start < positions; start += step) {
+    const auto run = [&] { decoder.run(embeds.data() + static_cast<size_t>(start) * hidden, std::min(step, positions - start)); };
+    if (each_run) {
+      each_run(run);
+    } else {
+      run();
+    }
+  }
+  std::vector<float> kept = decoder.snapshot();
+  encoding.shared_positions = 0;
+  encoding.shared_ids.clear();
+  encoding.shared_cache = std::move(kept);
+  encoding.shared_positions = decoder.length();
+  encoding.shared_ids = prefix;
+}
+
+}  // namespace
+
 void Pipeline::prefill_prefix(Encoding& encoding, int step, const std::function<void(const std::function<void()>&)>& each_run) {
   const Manifest& m = model_.manifest();
   const std::vector<int64_t> prefix = prefix_ids();
-  std::vector<float> embeds = embed(prefix);
-  embeds.insert(embeds.end(), encoding.visual.begin(), encoding.visual.end());
-  const int positions = static_cast<int>(embeds.size() / m.hidden_size);
-  Decoder decoder(model_, positions);
-  for (int start = 0; start < positions; start += step) {
-    each_run([&] { decoder.run(embeds.data() + static_cast<size_t>(start) * m.hidden_size, std::min(step, positions - start)); });
-  }
-  encoding.shared_cache = decoder.snapshot();
-  encoding.shared_positions = decoder.length();
-  encoding.shared_ids = prefix;
+  Decoder decoder(model_, static_cast<int>(prefix.size() + encoding.visual.size() / static_cast<size_t>(m.hidden_size)));
+  prefill_shared(decoder, embed(prefix), encoding, prefix, step, each_run, m.hidden_size);
 }
 
 Answer Pipeline::answer(Encoding& encoding, const std::string& question, const AnswerOptions& options,
@@ -560,15 +579,7 @@ Answer Pipeline::answer(Encoding& encoding, const std::string& question, const A
     decoder.load(encoding.shared_cache, encoding.shared_positions);
     result.encoding_reused = true;
   } else {
-    std::vector<float> embeds = embed(prefix);
-    embeds.insert(embeds.end(), encoding.visual.begin(), encoding.visual.end());
-    decoder.prefill(embeds);
-    std::vector<float> kept = decoder.snapshot();  // (the encoding changes only once it is whole)
-    encoding.shared_positions = 0;
-    encoding.shared_ids.clear();
-    encoding.shared_cache = std::move(kept);
-    encoding.shared_positions = decoder.length();
-    encoding.shared_ids = prefix;
+    prefill_shared(decoder, embed(prefix), encoding, prefix, kPrefillChunk, nullptr, m.hidden_size);
   }
   const float* logits = decoder.prefill(embed(suffix));
   const double t1 = now();

@@ -51,21 +51,9 @@ Stream::~Stream() {
   if (worker_.joinable()) worker_.join();
 }
 
-int64_t Stream::pushed() const {
+Stream::Counts Stream::counts() const {
   std::lock_guard<std::mutex> lock(state_);
-  return pushed_;
-}
-int64_t Stream::kept() const {
-  std::lock_guard<std::mutex> lock(state_);
-  return kept_;
-}
-int64_t Stream::dropped() const {
-  std::lock_guard<std::mutex> lock(state_);
-  return dropped_;
-}
-int64_t Stream::refreshes() const {
-  std::lock_guard<std::mutex> lock(state_);
-  return refreshes_;
+  return Counts{pushed_, kept_, dropped_};
 }
 
 // ------------------------------------------------------------------ frames in
@@ -169,7 +157,6 @@ std::shared_ptr<StreamPrefix> Stream::refresh() {
   prefix->newest_index = window.back()->index;
   std::lock_guard<std::mutex> lock(state_);
   prefix_ = prefix;
-  ++refreshes_;
   return prefix;
 }
 

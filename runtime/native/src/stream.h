@@ -63,11 +63,10 @@ class Stream {
   StreamAnswer answer(const std::string& question, bool fresh, const AnswerOptions& options,
                       const std::function<bool(const std::string&)>& on_text);
 
-  int64_t pushed() const;
-  int64_t kept() const;
-  int64_t dropped() const;
-  int64_t refreshes() const;
-  double window_s() const { return window_s_; }
+  struct Counts {
+    int64_t frames, kept, dropped;  // pushed; kept by the sampling rule; kept, then dropped
+  };
+  Counts counts() const;
 
  private:
   struct Kept {
@@ -108,7 +107,7 @@ class Stream {
   std::deque<std::shared_ptr<const Kept>> window_;
   std::deque<Pending> pending_;
   std::shared_ptr<StreamPrefix> prefix_;
-  int64_t pushed_ = 0, kept_ = 0, dropped_ = 0, refreshes_ = 0;
+  int64_t pushed_ = 0, kept_ = 0, dropped_ = 0;
   bool have_last_ = false;
   double last_timestamp_ = 0, next_tick_ = 0;
   std::exception_ptr error_;
