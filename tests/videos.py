@@ -81,6 +81,20 @@ def make_video(
     return path
 
 
+def decode_all(path: str | Path) -> list[np.ndarray]:
+    """Every frame of a video file in order, as RGB uint8 (H, W, 3) arrays (cv2, no sampling)."""
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return frames
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+
+
 def can_write(codec: str, suffix: str, tmp_dir: str | Path) -> bool:
     """Whether this OpenCV build writes (and reads back) `codec` in a `suffix` container."""
     probe = Path(tmp_dir) / f"probe_{codec}{suffix}"

@@ -1,11 +1,11 @@
 """The native runtime on video files and live streams against the Python runtime: video files
 (mp4v, MJPG, XVID; short clips padded, a single frame, a long clip whose gaps are skipped by
-seeking) decoded and sampled to the same frames, so bit-identical visual embeddings and the same
-token ids; the built-in trained model's answers to its sample video from mvgpt-cli equal
-mvgpt-run's (and are right); a stream session (mvgpt_stream_*) keeping the same frames and giving
-the same answers as runtime/stream.py's StreamSession on the same pushes, in the caller's thread
-and in the background; providers; and bad input answered with a status or an exit code and one
-line."""
+seeking, a rotation tag) decoded and sampled to the same frames, so bit-identical visual
+embeddings and the same token ids; the built-in trained model's answers to its sample video from
+mvgpt-cli equal mvgpt-run's (and are right); a stream session (mvgpt_stream_*) keeping the same
+frames and giving the same answers as runtime/stream.py's StreamSession on the same pushes, in the
+caller's thread and in the background; providers; and bad input answered with a status or an exit
+code and one line."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import cv2
 import numpy as np
 import pytest
 
-from mvgpt.runtime.default_model import builtin_package
+from mvgpt.runtime.default_model import builtin_package, builtin_sample
 from mvgpt.runtime.pipeline import Pipeline
 from mvgpt.runtime.stream import StreamSession
 from tests.native import libmvgpt
+from tests.videos import decode_all, make_video, set_mp4_rotation
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = Path(os.environ.get("MVGPT_NATIVE_CLI") or ROOT / "runtime" / "native" / "bin" / "mvgpt-cli")
@@ -51,28 +52,18 @@ def lib():
     return lib
 
 
-def _frame(rng, width, height, i) -> np.ndarray:
-    """A BGR frame: noise, and a square that moves right (codecs see real motion)."""
-    frame = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-    size = max(4, height // 5)
-    x = (i * 3) % max(1, width - size)
-    frame[height // 3 : height // 3 + size, x : x + size] = (30, 200, 240)
-    return frame
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("videos")
-    rng = np.random.default_rng(5)
-    out = {}
-    for name, fourcc, ext, width, height, fps, count in VIDEOS:
-        path = folder / f"{name}.{ext}"
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-        assert writer.isOpened(), f"OpenCV cannot write {fourcc}"
-        for i in range(count):
-            writer.write(_frame(rng, width, height, i))
-        writer.release()
-        out[name] = path
+    out = {
+        name: make_video(folder / f"{name}.{ext}", fps=fps, size=(width, height), codec=fourcc,
+                         num_frames=count)
+        for name, fourcc, ext, width, height, fps, count in VIDEOS
+    }  # fmt: skip
+    # landscape pixels tagged "rotate N" (a phone's portrait video): both must turn them upright
+    for degrees in (90, 180, 270):
+        path = make_video(folder / f"rotated{degrees}.mp4", seconds=2, fps=10)
+        out[f"rotated{degrees}"] = set_mp4_rotation(path, degrees)
     return out
 
 
@@ -111,20 +102,18 @@ def test_video_files_encode_and_answer_as_the_python_runtime(lib, tiny_package, 
 
 @pytest.mark.parametrize("penalty", [None, 1.3])
 def test_builtin_model_answers_its_sample_video_as_mvgpt_run(lib, penalty):
-    folder = builtin_package().parent
-    sample = json.loads((folder / "sample.json").read_text())
-    questions = [q["question"] for q in sample["questions"]]
-    args = [folder / "sample.mp4", "--json", "--threads", 2]
+    sample = builtin_sample()
+    args = [sample.video, "--json", "--threads", 2]
     args += ["--repetition-penalty", penalty] if penalty else []
-    for q in questions:
-        args += ["--question", q]
+    for q in sample.questions:
+        args += ["--question", q["question"]]
     run = _cli(*args)
     assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in run.stdout.splitlines()]
     pipeline = Pipeline.load(builtin_package(), threads=2)
-    encoding = pipeline.encode(folder / "sample.mp4")
+    encoding = pipeline.encode(sample.video)
     options = {"repetition_penalty": penalty} if penalty else {}
-    for record, q in zip(records, sample["questions"], strict=True):
+    for record, q in zip(records, sample.questions, strict=True):
         want = pipeline.answer(encoding, q["question"], **options)
         print(q["question"], "->", record["answer"], record["token_ids"], list(want.token_ids))
         assert record["token_ids"] == list(want.token_ids) and record["answer"] == want.text
@@ -193,20 +182,12 @@ def test_providers(lib, tiny_package):
 def sample_pushes():
     """The built-in model's sample video played twice in a row (19.4 s at 20 fps: the window fills
     and slides), as (RGB frame, timestamp), with its questions."""
-    folder = builtin_package().parent
-    capture = cv2.VideoCapture(str(folder / "sample.mp4"))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
-    questions = [
-        q["question"] for q in json.loads((folder / "sample.json").read_text())["questions"]
-    ]
-    pushes = [(frame, round(i / 20.0, 4)) for i, frame in enumerate(frames + frames)]
-    return pushes, questions
+    sample = builtin_sample()
+    frames = decode_all(sample.video)
+    fps = cv2.VideoCapture(str(sample.video)).get(cv2.CAP_PROP_FPS)
+    assert fps == 20 and len(frames) == 194  # (what the docstring and the asking times assume)
+    pushes = [(frame, round(i / fps, 4)) for i, frame in enumerate(frames + frames)]
+    return pushes, [q["question"] for q in sample.questions]
 
 
 def test_stream_answers_as_the_python_stream(lib, sample_pushes):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mvgpt.runtime.errors import MvgptError
-from tests.videos import draw_frame, make_video
+from tests.videos import decode_all, draw_frame, make_video
 
 GEN = dict(max_new_tokens=6, repetition_penalty=3.0)
 QUESTION = "What happens in this video?"
@@ -71,14 +71,7 @@ def test_full_window_equals_pipeline_on_its_frames(pipeline):
 def test_stream_equals_pipeline_on_the_file(pipeline, tmp_path):
     """A 16 s file at 10 fps: the stream keeps the frames Pipeline samples from the file."""
     path = make_video(tmp_path / "clip.mp4", seconds=16, fps=10, size=(192, 144))
-    capture = cv2.VideoCapture(str(path))
-    decoded = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        decoded.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
+    decoded = decode_all(path)
     assert len(decoded) == 160
     with _session(pipeline, background=False) as session:
         for i, frame in enumerate(decoded):

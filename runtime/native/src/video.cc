@@ -53,8 +53,26 @@ cv::VideoCapture open(const std::string& path) {
     throw Error(MVGPT_BAD_FORMAT, "cannot open " + quoted(path) + ": expected a video file OpenCV/FFmpeg can read, got an "
                                   "unreadable, truncated or non-video file; fix: check the file plays, or re-encode it");
   }
-  capture.set(cv::CAP_PROP_ORIENTATION_AUTO, 1);
+  capture.set(cv::CAP_PROP_ORIENTATION_AUTO, 0);  // (upright() turns the frames)
   return capture;
+}
+
+// How a frame is turned upright, from the container's rotation tag as the Python runtime's
+// OpenCV applies it (CAP_PROP_ORIENTATION_AUTO: 90 clockwise, 180, 90 counter-clockwise); -1:
+// as stored. OpenCV 4.6.0 reports the tag with its sign inverted (and turns the frames the wrong
+// way: OpenCV issue 22088, fixed in 4.7), so its value is mirrored here.
+int upright(const cv::VideoCapture& capture) {
+  int angle = static_cast<int>(std::lround(capture.get(cv::CAP_PROP_ORIENTATION_META))) % 360;
+  if (angle < 0) angle += 360;
+#if CV_VERSION_MAJOR == 4 && CV_VERSION_MINOR == 6
+  angle = (360 - angle) % 360;
+#endif
+  switch (angle) {
+    case 90: return cv::ROTATE_90_CLOCKWISE;
+    case 180: return cv::ROTATE_180;
+    case 270: return cv::ROTATE_90_COUNTERCLOCKWISE;
+    default: return -1;
+  }
 }
 
 int count_frames(const std::string& path) {  // a full grab() pass: decodes, converts nothing
@@ -105,8 +123,10 @@ VideoFrames read_video(const std::string& path, int num_frames, double target_fp
   int count = 0;
   std::vector<int32_t> positions;
   std::optional<std::map<int, cv::Mat>> frames;
+  int rotation = -1;
   {
     cv::VideoCapture capture = open(path);
+    rotation = upright(capture);
     fps = capture.get(cv::CAP_PROP_FPS);
     const double reported = capture.get(cv::CAP_PROP_FRAME_COUNT);
     count = std::isfinite(reported) && reported > 0 && reported < 2e9 ? static_cast<int>(reported) : 0;
@@ -130,19 +150,26 @@ VideoFrames read_video(const std::string& path, int num_frames, double target_fp
     }
   }
   const cv::Mat& first = frames->at(positions.front());
+  const bool turned = rotation == cv::ROTATE_90_CLOCKWISE || rotation == cv::ROTATE_90_COUNTERCLOCKWISE;
   VideoFrames out;
-  out.height = first.rows;
-  out.width = first.cols;
+  out.height = turned ? first.cols : first.rows;
+  out.width = turned ? first.rows : first.cols;
   const size_t bytes = static_cast<size_t>(out.height) * out.width * 3;
   out.rgb.resize(bytes * positions.size());
+  cv::Mat stored;
   for (size_t i = 0; i < positions.size(); ++i) {
     const cv::Mat& frame = frames->at(positions[i]);
-    if (frame.rows != out.height || frame.cols != out.width || frame.type() != CV_8UC3) {
+    if (frame.rows != first.rows || frame.cols != first.cols || frame.type() != CV_8UC3) {
       throw Error(MVGPT_BAD_FORMAT, "inconsistent frames in " + quoted(path) + ": expected one (H, W, 3) size for all "
                                     "frames; fix: re-encode the video at a fixed resolution");
     }
     cv::Mat rgb(out.height, out.width, CV_8UC3, out.rgb.data() + i * bytes);
-    cv::cvtColor(frame, rgb, cv::COLOR_BGR2RGB);
+    if (rotation < 0) {
+      cv::cvtColor(frame, rgb, cv::COLOR_BGR2RGB);
+    } else {
+      cv::rotate(frame, stored, rotation);
+      cv::cvtColor(stored, rgb, cv::COLOR_BGR2RGB);
+    }
   }
   out.positions = std::move(positions);
   return out;
