@@ -133,7 +133,8 @@ def _decoder_logits(sess, embed_sess, ids, forced=None):
     steps, and the step tokens: ``forced`` when given, else this decoder's greedy choices."""
     pasts = [a for a in sess.get_inputs() if a.name.startswith("past_key_values.")]
     kv_heads, head_dim = pasts[0].shape[1], pasts[0].shape[3]
-    empty = np.zeros((1, kv_heads, 0, head_dim), np.float32)
+    dtype = np.float16 if pasts[0].type == "tensor(float16)" else np.float32  # fp16: its cache
+    empty = np.zeros((1, kv_heads, 0, head_dim), dtype)
 
     def step(ids, start, past):
         embeds = embed_sess.run(None, {M.R_INPUT_IDS: ids})[0]

@@ -1,7 +1,8 @@
 """``mvgpt-export``: official checkpoint (or a random one) -> validated ONNX model package.
 
-    mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision {fp32,int8,int4,int4-b128}]
+    mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision {fp32,int8,int4,int4-b128,fp16}]
     mvgpt-export --random {tiny,0.5b,1.5b} --out PKG
+    mvgpt-export --package FP32_PKG --out PKG --precision fp16   (no checkpoint or torch needed)
 
 A hub id instead of a folder is downloaded with huggingface_hub when online. Errors are one
 stderr line and exit 1 (``--debug`` shows the traceback); usage errors exit 2.
@@ -40,13 +41,17 @@ def resolve_folder(name: str, what: str) -> Path:
 
 
 def parse_args(argv):
-    from mvgpt.exporter.package import MIN_COSINE, PRECISIONS
+    from mvgpt.exporter.half import FP16_MIN_COSINE
+    from mvgpt.exporter.quantize import MIN_COSINE, PRECISIONS
     from mvgpt.models.random_checkpoint import SIZES
 
     parser = argparse.ArgumentParser(prog="mvgpt-export", description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="Mobile-VideoGPT folder or hub id")
     src.add_argument("--random", choices=SIZES, help="export a random checkpoint")
+    src.add_argument(
+        "--package", help="convert this fp32 package's graphs to --precision (no torch needed)"
+    )
     parser.add_argument("--clip", help=f"CLIP folder or hub id (default {CLIP_HUB_ID})")
     parser.add_argument("--out", required=True, help="package folder to write")
     parser.add_argument(
@@ -54,13 +59,15 @@ def parse_args(argv):
         choices=PRECISIONS,
         default="fp32",
         help="weights: fp32, int8 (dynamic int8 MatMuls), int4 (4-bit decoder in blocks of 32, "
-        "rest int8), int4-b128 (blocks of 128: faster decode, larger error)",
+        "rest int8), int4-b128 (blocks of 128: faster decode, larger error), fp16 (for GPUs: "
+        "fp16 weights and activations, fp16 KV cache; a stage below 0.999 cosine stays fp32)",
     )
     parser.add_argument(
         "--min-cosine",
         type=float,
-        default=MIN_COSINE,
-        help=f"agreement with fp32 each quantized graph must reach (default {MIN_COSINE})",
+        default=None,
+        help=f"agreement with fp32 each quantized graph must reach (default {MIN_COSINE}; "
+        f"fp16: {FP16_MIN_COSINE})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --random weights")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -76,7 +83,11 @@ def run(args) -> None:
 
     start = time.perf_counter()
     options = dict(precision=args.precision, progress=progress, min_cosine=args.min_cosine)
-    if args.random:
+    if args.package:
+        from mvgpt.exporter.package import convert_package
+
+        convert_package(args.package, args.out, **options)
+    elif args.random:
         from mvgpt.models.random_checkpoint import write_random_checkpoint
 
         with tempfile.TemporaryDirectory(prefix="mvgpt-random-") as tmp:

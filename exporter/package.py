@@ -24,7 +24,13 @@ from pathlib import Path
 import onnx
 
 from mvgpt.exporter.graphs import export_graph, graph_bytes, stamp_graph
-from mvgpt.exporter.quantize import MIN_COSINE, PRECISIONS, manifest_entry, quantize_package
+from mvgpt.exporter.half import FP16, manifest_tensors
+from mvgpt.exporter.quantize import (
+    PRECISIONS,
+    manifest_entry,
+    min_cosine_for,
+    quantize_package,
+)
 from mvgpt.exporter.scan_op import ScanOp, register_onnx_symbolic
 from mvgpt.exporter.validate import (
     StageCheck,
@@ -43,11 +49,11 @@ from mvgpt.runtime.preprocess import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENE
 from mvgpt.runtime.prompt import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, STOP_STRING, SYSTEM_PROMPT
 
 
-def write_portable_graphs(staging: Path, files: dict[str, str]) -> None:
+def write_portable_graphs(staging: Path, files: dict[str, str], stages=M.CUSTOM_OP_STAGES) -> None:
     """Each custom-op stage's portable graph (kernels/portable.py: the stage's graph with its
     mvgpt op rewritten) beside the stage's graph, reading the same external data file; made
     again after quantization, so that both graphs always hold the same weights."""
-    for stage in M.CUSTOM_OP_STAGES:
+    for stage in stages:
         graph = onnx.load(str(staging / files[stage]), load_external_data=False)
         onnx.save_model(make_portable(graph), str(staging / M.portable_file(stage)))
 
@@ -254,12 +260,12 @@ def export_package(
     precision: str = "fp32",
     source_note: dict | None = None,
     progress: Progress = _quiet,
-    min_cosine: float = MIN_COSINE,
+    min_cosine: float | None = None,
 ) -> list[StageCheck]:
     """Export, validate and publish a package; returns the validation table rows.
 
     ``min_cosine`` is the agreement with fp32 every quantized graph must reach (recorded in the
-    manifest)."""
+    manifest; default: the precision's, quantize.min_cosine_for)."""
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     checkpoint_dir, clip_dir, out = Path(checkpoint_dir), Path(clip_dir), Path(out)
@@ -273,7 +279,7 @@ def export_package(
             precision=precision,
             source_note=source_note,
             progress=progress,
-            min_cosine=min_cosine,
+            min_cosine=min_cosine_for(precision, min_cosine),
         )
         publish(staging, out)
     except BaseException:
@@ -336,16 +342,80 @@ def _export_into(
             checks.append(check_graph(ref, staging / M.portable_file(ref.stage), custom_op=None))
     progress("validation:\n" + format_table(checks))
     raise_on_failures(checks)
+    finish_package(staging, files, manifest, precision, progress, min_cosine)
+    return checks
+
+
+def finish_package(
+    staging: Path,
+    files: dict[str, str],
+    manifest: dict,
+    precision: str,
+    progress: Progress,
+    min_cosine: float,
+) -> None:
+    """From validated fp32 graphs in ``staging`` (``files``: stage -> graph file) to a complete
+    package there: quantized or fp16 graphs where ``precision`` asks (each checked against fp32),
+    the manifest's stage entries for them, the portable graphs made from the final graphs, every
+    graph stamped, and manifest.json with the graphs' sizes."""
+    manifest[M.K_PRECISION] = precision
     if precision != "fp32":
         quant_checks = quantize_package(staging, files, precision, progress, min_cosine)
         manifest[M.K_QUANTIZATION] = manifest_entry(precision, files, quant_checks, min_cosine)
-        write_portable_graphs(staging, files)  # from the quantized graphs
+        stages = manifest[M.K_STAGES]
+        for check in quant_checks:  # an fp16 graph changes its stage's entry (half.py)
+            if check.method == FP16 and check.ok:
+                stages[check.stage] = manifest_tensors(stages[check.stage], check.stage)
+                if stages[check.stage][M.S_CUSTOM_OP] is None:
+                    (staging / M.portable_file(check.stage)).unlink(missing_ok=True)
+    portable = [s for s in M.CUSTOM_OP_STAGES if manifest[M.K_STAGES][s][M.S_CUSTOM_OP]]
+    if precision != "fp32":
+        write_portable_graphs(staging, files, portable)  # from the quantized graphs
     for stage, name in files.items():
         stamp_graph(staging / name, stage, M.G_MAIN)
-    for stage in M.CUSTOM_OP_STAGES:
+    for stage in portable:
         stamp_graph(staging / M.portable_file(stage), stage, M.G_PORTABLE)
     # a portable graph's bytes are its graph only: it reads its main graph's data file
-    graphs = [*files.values(), *(M.portable_file(stage) for stage in M.CUSTOM_OP_STAGES)]
+    graphs = [*files.values(), *(M.portable_file(stage) for stage in portable)]
     manifest[M.K_SIZES] = {name: graph_bytes(staging / name) for name in graphs}
     (staging / M.MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-    return checks
+
+
+def convert_package(
+    package: str | Path,
+    out: str | Path,
+    *,
+    precision: str,
+    progress: Progress = _quiet,
+    min_cosine: float | None = None,
+) -> None:
+    """An fp32 package at another precision, from its ONNX graphs alone (no checkpoint, no
+    torch): the graphs are copied and go through ``finish_package`` as an export's do, checked
+    against the fp32 graphs they came from."""
+    from mvgpt.runtime.package import read_manifest
+
+    src, out = Path(package), Path(out)
+    manifest = read_manifest(src)
+    if manifest.get(M.K_PRECISION) != "fp32":
+        raise ExportError(
+            f"{src}: expected an fp32 package to convert, got precision "
+            f"{manifest.get(M.K_PRECISION)!r}; fix: convert the fp32 package it was made from"
+        )
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    files = {stage: entry[M.S_FILE] for stage, entry in manifest[M.K_STAGES].items()}
+    staging = prepare_output(out, progress)
+    try:
+        for name in [*files.values(), M.TOKENIZER_FILE]:
+            for path in (src / name, src / f"{name}.data"):
+                if path.is_file():
+                    shutil.copyfile(path, staging / path.name)
+        for key in (M.K_SIZES, M.K_QUANTIZATION):
+            manifest.pop(key, None)
+        manifest[M.K_SOURCE] = {**manifest[M.K_SOURCE], "converted_from": str(src.resolve())}
+        bar = min_cosine_for(precision, min_cosine)
+        finish_package(staging, files, manifest, precision, progress, bar)
+        publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -14,6 +14,9 @@ embedding-table graph, and the check of every quantized graph against its fp32 O
   kernel runs int8 dot products); the rest as ``int8``.
 - ``int4-b128``: the same with blocks of 128: fewer scales, a faster decode step, a larger error
   (README: Precisions).
+- ``fp16``: the GPU package (exporter/half.py): every stage but the frame scorer in fp16, checked
+  against fp32 with the stricter FP16_MIN_COSINE; a stage below it keeps its fp32 graph (the
+  manifest says which) instead of failing the export.
 
 The decoder (most of a package's bytes) is quantized by ``quantize_int8_streaming`` /
 ``quantize_int4_streaming``: the same nodes, names and values as onnxruntime's quantizers give
@@ -42,10 +45,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mvgpt.exporter.agreement import QuantCheck, check_quantized
 from mvgpt.exporter.graphs import ExternalData, constant_tensors, read_tensor, save_model
+from mvgpt.exporter.half import FP16, FP16_MIN_COSINE, convert_fp16
 from mvgpt.runtime import manifest as M
 from mvgpt.runtime.errors import ExportError
 
-PRECISIONS = ("fp32", "int8", "int4", "int4-b128")
+PRECISIONS = ("fp32", "int8", "int4", "int4-b128", "fp16")
 MIN_COSINE = 0.99
 INT8_PER_CHANNEL = True  # closer to fp32 than per-tensor scales, at the same speed
 # Weights in [-64, 64], not [-127, 127], so that no CPU's int8 kernel saturates: onnxruntime's
@@ -80,6 +84,8 @@ def plan(precision: str, files: dict[str, str]) -> dict[str, str]:
     for key in files:
         if precision == "fp32" or key == M.FRAME_SCORER:
             methods[key] = FP32
+        elif precision == "fp16":
+            methods[key] = FP16
         elif key == M.EMBED_TOKENS:
             methods[key] = INT8_EMBEDDING
         elif key == M.DECODER and precision in INT4_MATMULNBITS:
@@ -327,7 +333,16 @@ QUANTIZERS = {
         for precision, block in INT4_BLOCK_SIZES.items()
     },
     INT8_EMBEDDING: quantize_embedding,
+    **{(FP16, stage): functools.partial(convert_fp16, stage=stage) for stage in M.STAGES},
 }
+
+
+def min_cosine_for(precision: str, min_cosine: float | None) -> float:
+    """The bar each converted graph must reach: ``min_cosine`` when given, else the precision's
+    (FP16_MIN_COSINE for fp16, MIN_COSINE for the integer ones)."""
+    if min_cosine is not None:
+        return min_cosine
+    return FP16_MIN_COSINE if precision == "fp16" else MIN_COSINE
 
 
 def quantize_package(
@@ -351,13 +366,16 @@ def quantize_package(
     try:
         for n, (key, method) in enumerate(todo.items(), 1):
             progress(f"[{n}/{len(todo)}] quantizing {files[key]} ({method})")
-            quantizer = QUANTIZERS.get((method, key), QUANTIZERS[method])
+            quantizer = QUANTIZERS.get((method, key)) or QUANTIZERS[method]
             quantizer(staging / files[key], qdir / files[key])
         progress("checking quantized graphs against fp32")
         checks = check_quantized(staging, qdir, files, todo, min_cosine)
         progress("quantization:\n" + format_table(checks))
         bad = [c for c in checks if not c.ok]
-        if bad:
+        if bad and precision == "fp16":  # those stages keep their fp32 graphs
+            progress(f"kept fp32 for {', '.join(c.file for c in bad)} (below {min_cosine} in fp16)")
+            todo = {k: m for k, m in todo.items() if k not in {c.stage for c in bad}}
+        elif bad:
             detail = "; ".join(f"{c.file}: cosine {c.cosine:.4f}" for c in bad)
             raise ExportError(
                 f"{precision} quantization failed for {len(bad)} graph(s): {detail} (expected "
@@ -391,6 +409,10 @@ def manifest_entry(
     """The manifest's ``quantization`` object: method and measured agreement per graph."""
     methods = plan(precision, files)
     measured = {c.stage: c.to_dict() for c in checks}
+    for check in checks:
+        if not check.ok:  # fp16 only (integer precisions fail the export): kept fp32
+            kept = {M.Q_METHOD: FP32, M.Q_KEPT: "fp16 cosine below min_cosine"}
+            measured[check.stage] = {**measured[check.stage], **kept}
     return {
         M.Q_MIN_COSINE: min_cosine,
         M.Q_REFERENCE: "fp32 ONNX graphs of the same export, same seeded random inputs",

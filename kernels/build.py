@@ -5,9 +5,10 @@ command rebuilds it in place, e.g. after editing a kernel. The build itself (CMa
 headers) is ``native_build``; see its docstring. The library goes to ``kernels/lib/``, where the
 runtime looks (``runtime.sessions.built_library_path``). ``--werror`` turns warnings into errors;
 ``--output`` writes the library elsewhere. The build is skipped when the library is newer than
-every source file (``--force`` rebuilds). ``--native`` builds the native C/C++ runtime instead
-(runtime/native: libmvgpt into its lib/, mvgpt-cli into its bin/), which the set-up command runs
-after the install.
+every source file (``--force`` rebuilds). ``--cuda`` adds SelectiveScan's CUDA kernel (nvcc; the
+default is ``$MVGPT_CUDA``, see ``native_build.cuda_wanted``). ``--native`` builds the native C/C++
+runtime instead (runtime/native: libmvgpt into its lib/, mvgpt-cli into its bin/), which the
+set-up command runs after the install.
 """
 
 from __future__ import annotations
@@ -35,14 +36,18 @@ LIB_PATH = built_library_path()  # where the runtime looks for it
 
 
 def build(
-    force: bool = False, verbose: bool = False, werror: bool = False, output: Path | None = None
+    force: bool = False,
+    verbose: bool = False,
+    werror: bool = False,
+    output: Path | None = None,
+    cuda: bool | None = None,
 ) -> Path:
-    """Build the custom-op library if needed (always when ``output`` is given); returns its
-    path."""
+    """Build the custom-op library if needed (always when ``output`` is given or ``cuda`` is
+    asked for); returns its path."""
     lib = Path(output) if output is not None else LIB_PATH
-    if output is None and not force and not werror and is_up_to_date(lib):
+    if output is None and not force and not werror and not cuda and is_up_to_date(lib):
         return lib
-    return build_library(lib, werror=werror, verbose=verbose)
+    return build_library(lib, werror=werror, verbose=verbose, cuda=cuda)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--werror", action="store_true", help="warnings are errors (rebuilds)")
     parser.add_argument(
         "--output", type=Path, help=f"write the library here instead of {LIB_PATH} (always builds)"
+    )
+    parser.add_argument(
+        "--cuda", action="store_true", help="with SelectiveScan's CUDA kernel (needs nvcc)"
     )
     parser.add_argument(
         "--native",
@@ -67,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
                 path = NATIVE_LIB_PATH
             print(path)
             return 0
-        path = build(force=args.force, verbose=args.verbose, werror=args.werror, output=args.output)
+        path = build(
+            force=args.force,
+            verbose=args.verbose,
+            werror=args.werror,
+            output=args.output,
+            cuda=True if args.cuda else None,
+        )
     except KernelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -25,6 +25,9 @@ Ort::CustomOpDomain& domain() {
   static Ort::CustomOpDomain* d = [] {
     auto* made = new Ort::CustomOpDomain("mvgpt");
     made->Add(selective_scan_op());
+#if defined(MVGPT_CUDA)
+    made->Add(selective_scan_cuda_op());  // the same op for the CUDA execution provider
+#endif
     made->Add(group_query_attention_op());
     return made;
   }();
@@ -60,7 +63,8 @@ MVGPT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* option
 }
 
 // The path the last run of `op` ("SelectiveScan" or "GroupQueryAttention") in this process took:
-// "scalar", "neon", "avx2", "avx512", or "onnxruntime" for a GroupQueryAttention call handed to
+// "scalar", "neon", "avx2", "avx512", "cuda" (the CUDA kernel, in a build with CUDA), or
+// "onnxruntime" for a GroupQueryAttention call handed to
 // onnxruntime's own kernel (several positions, options the own kernel lacks); "" before its
 // first run; NULL for an unknown op name.
 MVGPT_EXPORT const char* mvgpt_ops_isa(const char* op) {

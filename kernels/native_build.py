@@ -46,15 +46,16 @@ except ImportError:  # loaded by setup.py before mvgpt is installed
 
 KERNEL_DIR = Path(__file__).resolve().parent
 SOURCES = tuple(KERNEL_DIR / s for s in ("selective_scan.cc", "attention.cc", "library.cc"))
+CUDA_SOURCES = (KERNEL_DIR / "selective_scan_cuda.cu",)  # with MVGPT_CUDA only
 HEADERS = tuple(
     KERNEL_DIR / h
     for h in (
-        "cpu.h", "common.h", "simd.h", "ops.h", "scan_kernel.h", "attention_kernel.h",
-        "selective_scan_impl.h", "attention_impl.h",
+        "cpu.h", "common.h", "simd.h", "ops.h", "scan_args.h", "scan_kernel.h",
+        "attention_kernel.h", "selective_scan_impl.h", "attention_impl.h", "scan_cuda.cuh",
     )
 )  # fmt: skip
 CMAKE_LISTS = KERNEL_DIR / "CMakeLists.txt"
-DEPENDS = (*SOURCES, *HEADERS, CMAKE_LISTS)  # rebuild when any is newer than the library
+DEPENDS = (*SOURCES, *CUDA_SOURCES, *HEADERS, CMAKE_LISTS)  # rebuild when any is newer
 LIB_NAME = "libmvgpt_ops.dylib" if sys.platform == "darwin" else "libmvgpt_ops.so"
 LIB_PATH = KERNEL_DIR / "lib" / LIB_NAME  # where the runtime looks for it (runtime.sessions)
 CXXFLAGS = ("-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra")
@@ -300,20 +301,61 @@ def cmake_commands(
     return [configure, [cmake, "--build", str(build_dir), "--parallel", str(max(1, jobs))]]
 
 
-def build_library(output: Path = LIB_PATH, werror: bool = False, verbose: bool = False) -> Path:
-    """Build the library with CMake into ``output`` (replaced atomically); returns it. Raises
-    KernelError naming what is missing (CMake, a compiler, the headers) or the compiler's
-    errors."""
+def find_nvcc() -> str | None:
+    """CUDA's compiler: ``$CUDACXX``, else nvcc on PATH."""
+    return os.environ.get("CUDACXX") or shutil.which("nvcc")
+
+
+def _onnxruntime_gpu_installed() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version("onnxruntime-gpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def cuda_wanted(setting: str | None = None) -> bool:
+    """Whether to build SelectiveScan's CUDA kernel, from ``$MVGPT_CUDA`` (or ``setting``):
+    ``1``/``on``: yes (an error without nvcc); ``0``/``off``: no; unset or ``auto``: when nvcc
+    is found and onnxruntime-gpu is installed (the only onnxruntime that runs it)."""
+    value = (setting if setting is not None else os.environ.get("MVGPT_CUDA", "auto")).lower()
+    if value in ("1", "on", "yes"):
+        if find_nvcc() is None:
+            raise KernelError(
+                "MVGPT_CUDA=1 but no nvcc: expected $CUDACXX or nvcc on PATH; fix: install a "
+                "CUDA toolkit (or pip install nvidia-cuda-nvcc), or unset MVGPT_CUDA"
+            )
+        return True
+    if value in ("0", "off", "no"):
+        return False
+    if value not in ("", "auto"):
+        raise KernelError(f"MVGPT_CUDA={value!r}: expected 1, 0 or auto")
+    return find_nvcc() is not None and _onnxruntime_gpu_installed()
+
+
+def build_library(
+    output: Path = LIB_PATH, werror: bool = False, verbose: bool = False, cuda: bool | None = None
+) -> Path:
+    """Build the library with CMake into ``output`` (replaced atomically); returns it. ``cuda``:
+    with SelectiveScan's CUDA kernel (None: ``cuda_wanted()``). Raises KernelError naming what
+    is missing (CMake, a compiler, the headers) or the compiler's errors."""
     cmake = require_cmake()
     include = find_headers()
+    cuda = cuda_wanted() if cuda is None else cuda
+    defines = [f"-DORT_INCLUDE_DIR={include}", f"-DMVGPT_CUDA={'ON' if cuda else 'OFF'}"]
+    if cuda and find_nvcc():
+        defines.append(f"-DCMAKE_CUDA_COMPILER={find_nvcc()}")
+    if cuda and os.environ.get("MVGPT_CUDA_ARCHITECTURES"):
+        defines.append(f"-DMVGPT_CUDA_ARCHITECTURES={os.environ['MVGPT_CUDA_ARCHITECTURES']}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mvgpt-cmake-") as tmp:
         build_dir = Path(tmp)
         jobs = min(len(SOURCES), os.cpu_count() or 1)
         steps = cmake_commands(
-            cmake, KERNEL_DIR, build_dir, [f"-DORT_INCLUDE_DIR={include}"], werror,
-            find_tool("ninja"), jobs,
+            cmake, KERNEL_DIR, build_dir, defines, werror, find_tool("ninja"), jobs,
         )  # fmt: skip
         for cmd in steps:
             if verbose:

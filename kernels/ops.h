@@ -7,6 +7,9 @@ struct OrtCustomOp;
 namespace mvgpt {
 
 const OrtCustomOp* selective_scan_op();         // selective_scan.cc
+#if defined(MVGPT_CUDA)
+const OrtCustomOp* selective_scan_cuda_op();    // selective_scan.cc, kernel in selective_scan_cuda.cu
+#endif
 const OrtCustomOp* group_query_attention_op();  // attention.cc
 
 enum class Op { kSelectiveScan, kGroupQueryAttention };

@@ -9,18 +9,12 @@
 #include <vector>
 
 #include "cpu.h"
+#include "scan_args.h"
 
 namespace mvgpt {
 namespace scan {
 
 constexpr int64_t kChunk = 64;  // time steps per tile: the block's tiles stay in L1
-
-struct ScanArgs {
-  int64_t batch, dim, length, state;
-  const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
-  bool softplus;
-  float* y;
-};
 
 #define MVGPT_SIMD_IMPL "selective_scan_impl.h"
 #include "simd.h"  // namespaces scalar, neon | avx2, avx512: V + scan_block

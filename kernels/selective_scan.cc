@@ -178,6 +178,62 @@ void expect_shape(int index, const std::vector<int64_t>& got, const std::vector<
   }
 }
 
+// The op's inputs checked and its output allocated (on the kernel's device: host memory on the
+// CPU provider, the GPU's on CUDA); the arguments of every kernel of the op.
+ScanArgs checked_args(OrtKernelContext* context, bool softplus) {
+  using namespace input;
+  Ort::KernelContext ctx(context);
+  const size_t count = ctx.GetInputCount();
+  if (count < static_cast<size_t>(kRequired)) {
+    fail(kOp, "expected 6 to 8 inputs (u, delta, A, B, C, D[, z, delta_bias]), got " +
+                  std::to_string(count));
+  }
+  Ort::ConstValue in[kCount]{};
+  std::vector<int64_t> shape[kCount];
+  for (int i = 0; i < kCount && static_cast<size_t>(i) < count; ++i) {
+    in[i] = ctx.GetInput(i);
+    if (!in[i]) {
+      if (i < kRequired) fail(kOp, std::string("required input '") + kNames[i] + "' is missing");
+      continue;
+    }
+    auto info = in[i].GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+      fail(kOp, std::string("input '") + kNames[i] + "' must be float32");
+    }
+    shape[i] = info.GetShape();
+  }
+  if (shape[kU].size() != 3) {
+    fail(kOp, "input 'u' must be 3-D (batch, dim, length), got " + shape_str(shape[kU]));
+  }
+  const int64_t batch = shape[kU][0], dim = shape[kU][1], length = shape[kU][2];
+  if (shape[kA].size() != 2) {
+    fail(kOp, "input 'A' must be 2-D (dim, state), got " + shape_str(shape[kA]));
+  }
+  const int64_t state = shape[kA][1];
+  expect_shape(kDelta, shape[kDelta], {batch, dim, length}, "(batch, dim, length) like u");
+  expect_shape(kA, shape[kA], {dim, state}, "(dim, state)");
+  expect_shape(kB, shape[kB], {batch, state, length}, "(batch, state, length)");
+  expect_shape(kC, shape[kC], {batch, state, length}, "(batch, state, length)");
+  expect_shape(kD, shape[kD], {dim}, "(dim,)");
+  if (in[kZ]) expect_shape(kZ, shape[kZ], {batch, dim, length}, "(batch, dim, length) like u");
+  if (in[kDeltaBias]) expect_shape(kDeltaBias, shape[kDeltaBias], {dim}, "(dim,)");
+
+  auto out = ctx.GetOutput(0, shape[kU]);
+  auto data = [&in](int i) { return in[i] ? in[i].GetTensorData<float>() : nullptr; };
+  return ScanArgs{batch,          dim,          length,       state,    data(kU),
+                  data(kDelta),   data(kA),     data(kB),     data(kC), data(kD),
+                  data(kZ),       data(kDeltaBias), softplus, out.GetTensorMutableData<float>()};
+}
+
+int64_t softplus_attribute(const OrtApi& api, const OrtKernelInfo* info) {
+  // attribute absent: no softplus, like selective_scan_ref
+  const int64_t softplus = attr_int(api, info, kOp, "delta_softplus", 0);
+  if (softplus != 0 && softplus != 1) {
+    fail(kOp, "attribute delta_softplus must be 0 or 1, got " + std::to_string(softplus));
+  }
+  return softplus;
+}
+
 struct SelectiveScanKernel {
   SelectiveScanKernel(bool softplus) : softplus_(softplus), threads_(default_threads()) {
     std::string error;
@@ -191,60 +247,8 @@ struct SelectiveScanKernel {
   }
 
   void Compute(OrtKernelContext* context) {
-    using namespace input;
-    Ort::KernelContext ctx(context);
-    const size_t count = ctx.GetInputCount();
-    if (count < static_cast<size_t>(kRequired)) {
-      fail(kOp, "expected 6 to 8 inputs (u, delta, A, B, C, D[, z, delta_bias]), got " +
-                    std::to_string(count));
-    }
-    Ort::ConstValue in[kCount]{};
-    std::vector<int64_t> shape[kCount];
-    for (int i = 0; i < kCount && static_cast<size_t>(i) < count; ++i) {
-      in[i] = ctx.GetInput(i);
-      if (!in[i]) {
-        if (i < kRequired) fail(kOp, std::string("required input '") + kNames[i] + "' is missing");
-        continue;
-      }
-      auto info = in[i].GetTensorTypeAndShapeInfo();
-      if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-        fail(kOp, std::string("input '") + kNames[i] + "' must be float32");
-      }
-      shape[i] = info.GetShape();
-    }
-    if (shape[kU].size() != 3) {
-      fail(kOp, "input 'u' must be 3-D (batch, dim, length), got " + shape_str(shape[kU]));
-    }
-    const int64_t batch = shape[kU][0], dim = shape[kU][1], length = shape[kU][2];
-    if (shape[kA].size() != 2) {
-      fail(kOp, "input 'A' must be 2-D (dim, state), got " + shape_str(shape[kA]));
-    }
-    const int64_t state = shape[kA][1];
-    expect_shape(kDelta, shape[kDelta], {batch, dim, length}, "(batch, dim, length) like u");
-    expect_shape(kA, shape[kA], {dim, state}, "(dim, state)");
-    expect_shape(kB, shape[kB], {batch, state, length}, "(batch, state, length)");
-    expect_shape(kC, shape[kC], {batch, state, length}, "(batch, state, length)");
-    expect_shape(kD, shape[kD], {dim}, "(dim,)");
-    if (in[kZ]) expect_shape(kZ, shape[kZ], {batch, dim, length}, "(batch, dim, length) like u");
-    if (in[kDeltaBias]) expect_shape(kDeltaBias, shape[kDeltaBias], {dim}, "(dim,)");
-
-    auto out = ctx.GetOutput(0, shape[kU]);
-    auto data = [&in](int i) { return in[i] ? in[i].GetTensorData<float>() : nullptr; };
-    ScanArgs a{batch,
-               dim,
-               length,
-               state,
-               data(kU),
-               data(kDelta),
-               data(kA),
-               data(kB),
-               data(kC),
-               data(kD),
-               data(kZ),
-               data(kDeltaBias),
-               softplus_,
-               out.GetTensorMutableData<float>()};
-    if (batch * dim * length == 0) return;
+    const ScanArgs a = checked_args(context, softplus_);
+    if (a.batch * a.dim * a.length == 0) return;
     note_path(Op::kSelectiveScan, kIsaNames[path_.isa]);
     run_scan(a, path_, threads_);
   }
@@ -256,14 +260,7 @@ struct SelectiveScanKernel {
 
 struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    return to_status(api, kOp, [&] {
-      // attribute absent: no softplus, like selective_scan_ref
-      const int64_t softplus = attr_int(api, info, kOp, "delta_softplus", 0);
-      if (softplus != 0 && softplus != 1) {
-        fail(kOp, "attribute delta_softplus must be 0 or 1, got " + std::to_string(softplus));
-      }
-      *kernel = new SelectiveScanKernel(softplus == 1);
-    });
+    return to_status(api, kOp, [&] { *kernel = new SelectiveScanKernel(softplus_attribute(api, info) == 1); });
   }
   const char* GetName() const { return kOp; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
@@ -277,11 +274,54 @@ struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel,
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 };
 
+#if defined(MVGPT_CUDA)
+// The same op for the CUDA execution provider: inputs and output in device memory, the kernel
+// (selective_scan_cuda.cu) launched on onnxruntime's compute stream of the run.
+struct SelectiveScanCudaKernel {
+  explicit SelectiveScanCudaKernel(bool softplus) : softplus_(softplus) {}
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return to_status(Ort::GetApi(), kOp, [&] {
+      const ScanArgs a = checked_args(context, softplus_);
+      if (a.batch * a.dim * a.length == 0) return;
+      note_path(Op::kSelectiveScan, "cuda");
+      const char* error = scan::launch_scan_cuda(a, Ort::KernelContext(context).GetGPUComputeStream());
+      if (error != nullptr) fail(kOp, std::string("CUDA kernel: ") + error);
+    });
+  }
+
+  bool softplus_;
+};
+
+struct SelectiveScanCudaOp : Ort::CustomOpBase<SelectiveScanCudaOp, SelectiveScanCudaKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    return to_status(api, kOp, [&] { *kernel = new SelectiveScanCudaKernel(softplus_attribute(api, info) == 1); });
+  }
+  const char* GetName() const { return kOp; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return input::kCount; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return static_cast<int>(index) >= input::kRequired ? INPUT_OUTPUT_OPTIONAL
+                                                       : INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+#endif
+
 }  // namespace
 
 const OrtCustomOp* selective_scan_op() {
   static SelectiveScanOp op;
   return &op;
 }
+
+#if defined(MVGPT_CUDA)
+const OrtCustomOp* selective_scan_cuda_op() {
+  static SelectiveScanCudaOp op;
+  return &op;
+}
+#endif
 
 }  // namespace mvgpt

@@ -26,43 +26,85 @@ PREFILL_CHUNK = 256  # positions per prefill run: bounds the attention scores' m
 
 class KVCache:
     """Fixed-capacity key/value cache of every decoder layer (see the module docstring): positions
-    ``[0, length)`` of each (1, kv_heads, capacity, head_dim) buffer are in use."""
+    ``[0, length)`` of each (1, kv_heads, capacity, head_dim) buffer are in use.
 
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, capacity: int) -> None:
+    ``device`` None: numpy buffers in host memory, wrapped without a copy. A device name
+    (``"cuda"``, the CUDA execution provider's device; ``"cpu"`` takes the same path): onnxruntime
+    allocates the buffers there and every run binds them in place, so no token moves the cache
+    between host and device; only ``snapshot`` and ``load`` (a kept prefix) copy it."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        dtype: str = "float32",
+        device: str | None = None,
+    ) -> None:
         self.capacity = capacity
-        self._buffers = np.zeros((num_layers, 2, 1, kv_heads, capacity, head_dim), np.float32)
-        # per layer, the keys' and the values' OrtValue; they wrap the numpy memory, so binding
-        # them never copies
-        self.ort_values = [
-            [ort.OrtValue.ortvalue_from_numpy(self._buffers[layer, kind]) for kind in (0, 1)]
-            for layer in range(num_layers)
-        ]
+        self.device = device
+        self._dtype = np.dtype(dtype)
+        self._shape = (1, kv_heads, capacity, head_dim)
+        self._buffers = None
+        if device is None:
+            self._buffers = np.zeros((num_layers, 2, *self._shape), self._dtype)
+            # per layer, the keys' and the values' OrtValue; they wrap the numpy memory, so
+            # binding them never copies
+            self.ort_values = [
+                [ort.OrtValue.ortvalue_from_numpy(self._buffers[layer, kind]) for kind in (0, 1)]
+                for layer in range(num_layers)
+            ]
+        else:
+            self.ort_values = [
+                [
+                    ort.OrtValue.ortvalue_from_shape_and_type(self._shape, self._dtype, device, 0)
+                    for _ in (0, 1)
+                ]
+                for _ in range(num_layers)
+            ]
         self.length = 0
 
     def in_use(self, layer: int, kind: int) -> np.ndarray:
-        return self._buffers[layer, kind, :, :, : self.length]
+        """The positions in use of one buffer: a view (host cache) or a copy (device cache)."""
+        if self._buffers is not None:
+            return self._buffers[layer, kind, :, :, : self.length]
+        return self.ort_values[layer][kind].numpy()[:, :, : self.length]
 
     def snapshot(self) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """Copies of the keys and of the values in use, per layer."""
-        layers = range(self._buffers.shape[0])
+        layers = range(len(self.ort_values))
         keys, values = (tuple(self.in_use(i, kind).copy() for i in layers) for kind in (0, 1))
         return keys, values
 
     def load(self, keys: tuple[np.ndarray, ...], values: tuple[np.ndarray, ...]) -> None:
         """Start over from a ``snapshot``."""
         self.length = keys[0].shape[2]
-        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
-            self.in_use(i, 0)[...] = k
-            self.in_use(i, 1)[...] = v
+        for i, pair in enumerate(zip(keys, values, strict=True)):
+            for kind, saved in enumerate(pair):
+                if self._buffers is not None:
+                    self.in_use(i, kind)[...] = saved
+                else:  # one host-to-device copy of the whole buffer
+                    full = np.zeros(self._shape, self._dtype)
+                    full[:, :, : self.length] = saved
+                    self.ort_values[i][kind].update_inplace(full)
 
 
 class Decoder:
     """The decoder session run the runtime's way: each call binds the KV cache's buffers as past
     and present (written in place) and gets the last position's logits only."""
 
-    def __init__(self, session: ort.InferenceSession, decoder_cfg: dict, io: StageIO) -> None:
-        """``io``: the decoder's tensors by role (package.stage_io)."""
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        decoder_cfg: dict,
+        io: StageIO,
+        cache_device: str | None = None,
+    ) -> None:
+        """``io``: the decoder's tensors by role (package.stage_io); ``cache_device``: where the
+        KV cache lives (KVCache: None = host memory)."""
         self.session = session
+        self.cache_device = cache_device
         self.layers = int(decoder_cfg["num_hidden_layers"])
         self.kv_heads = int(decoder_cfg["num_key_value_heads"])
         self.head_dim = int(decoder_cfg["head_dim"])
@@ -74,7 +116,14 @@ class Decoder:
         self._keep_last = np.array(1, np.int64)
 
     def new_cache(self, capacity: int) -> KVCache:
-        return KVCache(self.layers, self.kv_heads, self.head_dim, capacity)
+        return KVCache(
+            self.layers,
+            self.kv_heads,
+            self.head_dim,
+            capacity,
+            self._io.cache_dtype,
+            self.cache_device,
+        )
 
     def run(self, embeds: np.ndarray, cache: KVCache) -> np.ndarray:
         """One decoder run over (1, S, H) embeds after the cached positions (a decode step, or a

@@ -45,13 +45,15 @@ K_QUANTIZATION = "quantization"  # {min_cosine, reference, stages: {key: quantiz
 Q_MIN_COSINE = "min_cosine"
 Q_REFERENCE = "reference"
 Q_STAGES = "stages"
-Q_METHOD = "method"  # fp32 | int8_dynamic_matmul_7bit | int8_per_row_table | int4_matmulnbits_...
+# fp32 | int8_dynamic_matmul_7bit | int8_per_row_table | int4_matmulnbits_... | fp16_weights_...
+Q_METHOD = "method"
 # the int8 method of packages exported before the 7-bit weights: full-range s8 weights, whose
 # products saturate in onnxruntime's int8 kernel on x86 CPUs without VNNI (the runtime says so)
 INT8_FULL_RANGE = "int8_dynamic_matmul"
 Q_COSINE = "cosine"
 Q_MAX_ABS_DIFF = "max_abs_diff"
 Q_TOP1 = "top1_agreement"  # decoder only: argmax of logits agrees with fp32
+Q_KEPT = "kept_fp32"  # fp16 only: why a stage kept its fp32 graph (its cosine is the fp16 one)
 
 # keys of a stage entry
 S_FILE = "file"

@@ -32,6 +32,9 @@ PROVIDERS = {
     "coreml": "CoreMLExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
+# where a provider's decoder keeps its KV cache (onnxruntime's OrtValue device names); a provider
+# not named here keeps it in host memory
+CACHE_DEVICES = {"cuda": "cuda", "tensorrt": "cuda"}
 REQUIRED_KEYS = (
     M.K_STAGES,
     M.K_PREPROCESS,
@@ -55,6 +58,7 @@ _ORT_TYPES = {
     "tensor(bool)": "bool",
 }
 _FIX_EXPORT = "fix: re-export the package with mvgpt-export"
+CACHE_DTYPES = ("float32", "float16")  # of the decoder's KV cache (fp16 packages: float16)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class StageIO:
     outputs: Mapping[str, str]
     # per decoder layer: the names of (past key, past value, present key, present value)
     cache: tuple[tuple[str, str, str, str], ...] = ()
+    cache_dtype: str = "float32"  # the cache tensors' element type (fp16 packages: float16)
 
 
 def _roles(
@@ -139,7 +144,19 @@ def _stage_io(stage: str, entry: dict, decoder: dict, problems: list[str]) -> St
         )
         for i in range(layers)
     )
-    return StageIO(MappingProxyType(ins), MappingProxyType(outs), cache)
+    cache_types = {
+        t.get(M.S_DTYPE)
+        for t in (*(entry.get(M.S_INPUTS) or ()), *(entry.get(M.S_OUTPUTS) or ()))
+        if isinstance(t, dict) and t.get(M.S_ROLE) in (*past_roles, *present_roles)
+    }
+    cache_dtype = next(iter(cache_types), "float32")
+    if len(cache_types) > 1 or cache_dtype not in CACHE_DTYPES:
+        problems.append(
+            f"{stage}: expected one KV cache dtype of {', '.join(CACHE_DTYPES)}, got "
+            f"{', '.join(sorted(map(str, cache_types)))}"
+        )
+        cache_dtype = "float32"
+    return StageIO(MappingProxyType(ins), MappingProxyType(outs), cache, cache_dtype)
 
 
 def stage_io(manifest: dict, stage: str) -> StageIO:

@@ -30,7 +30,7 @@ import numpy as np
 from . import manifest as M
 from .decoder import Decoder, KVCache, decode_loop
 from .errors import MvgptError
-from .package import Package, load_package
+from .package import CACHE_DEVICES, Package, load_package
 from .preprocess import preprocess_clip, preprocess_video_mamba
 from .prompt import decode_answer, manifest_prompt_ids, split_visual
 from .sampling import GenerationConfig, Sampler
@@ -92,7 +92,12 @@ class Pipeline:
             )
         self.clip_center_crop = resize == M.RESIZE_CLIP_CROP
         self.notes = list(package.notes)
-        self.decoder = Decoder(package.sessions[M.DECODER], self.decoder_cfg, package.io[M.DECODER])
+        self.decoder = Decoder(
+            package.sessions[M.DECODER],
+            self.decoder_cfg,
+            package.io[M.DECODER],
+            cache_device=CACHE_DEVICES.get(package.provider),
+        )
         # this pipeline's prefills of the Encodings it answered; an entry goes with its Encoding
         self._shared: weakref.WeakKeyDictionary[Encoding, _SharedPrefill] = (
             weakref.WeakKeyDictionary()

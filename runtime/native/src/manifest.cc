@@ -120,6 +120,13 @@ void index_roles(StageEntry& s, int layers, std::vector<std::string>& problems) 
   const Roles& roles = stage_roles().at(s.name);
   const bool decoder = s.name == "decoder";
   if (decoder) s.cache.assign(static_cast<size_t>(std::max(layers, 0)), {});
+  for (const TensorEntry& t : s.inputs) {  // the Python runtime also takes float16 (fp16 packages, for GPUs)
+    if (decoder && (t.role == "past_key" || t.role == "past_value") && t.dtype != "float32") {
+      problems.push_back("decoder: expected a float32 KV cache (libmvgpt's), got " + t.dtype +
+                         " (an fp16 package, for GPUs: mvgpt-run runs it; libmvgpt runs fp32, int8 and int4 packages)");
+      return;
+    }
+  }
   const auto side = [&](const std::vector<TensorEntry>& tensors, const std::vector<std::string>& single,
                         std::map<std::string, std::string>& names, const char* kind,
                         const std::array<std::string, 2>& cache_roles, size_t cache_at) {
