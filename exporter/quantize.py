@@ -365,7 +365,8 @@ def quantize_package(
     qdir.mkdir()
     try:
         for n, (key, method) in enumerate(todo.items(), 1):
-            progress(f"[{n}/{len(todo)}] quantizing {files[key]} ({method})")
+            verb = "converting" if method == FP16 else "quantizing"
+            progress(f"[{n}/{len(todo)}] {verb} {files[key]} ({method})")
             quantizer = QUANTIZERS.get((method, key)) or QUANTIZERS[method]
             quantizer(staging / files[key], qdir / files[key])
         progress("checking quantized graphs against fp32")

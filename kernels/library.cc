@@ -79,3 +79,18 @@ MVGPT_EXPORT const char* mvgpt_ops_cpu_isas() {
   static const std::string list = mvgpt::cpu_isa_list(" ");
   return list.c_str();
 }
+
+// The execution providers this build of the library has a kernel of `op` for, space-separated:
+// "CPUExecutionProvider", plus "CUDAExecutionProvider" for SelectiveScan in a build with CUDA;
+// NULL for an unknown op name. The runtime reads it to run a stage's graph with the op on the
+// CUDA provider instead of the portable graph.
+MVGPT_EXPORT const char* mvgpt_ops_providers(const char* op) {
+  if (op == nullptr) return nullptr;
+#if defined(MVGPT_CUDA)
+  if (std::strcmp(op, "SelectiveScan") == 0) return "CPUExecutionProvider CUDAExecutionProvider";
+#else
+  if (std::strcmp(op, "SelectiveScan") == 0) return "CPUExecutionProvider";
+#endif
+  if (std::strcmp(op, "GroupQueryAttention") == 0) return "CPUExecutionProvider";
+  return nullptr;
+}

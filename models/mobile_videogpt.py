@@ -99,7 +99,8 @@ class MobileVideoGPT(nn.Module):
     @torch.no_grad()
     def prompt_embeds(self, input_ids: np.ndarray, visual: torch.Tensor) -> torch.Tensor:
         """Prompt ids with one contiguous run of -200 sentinels -> (1, S, H) inputs_embeds."""
-        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64))
+        device = self.decoder.embed_tokens.weight.device
+        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=device)
         where = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten()
         start, end = int(where[0]), int(where[-1]) + 1
         embed = self.decoder.embed
@@ -116,21 +117,21 @@ class MobileVideoGPT(nn.Module):
     ) -> Iterator[int]:
         """Prefill, then decode one token at a time with the KV cache, stopping on an eos id."""
         sampler = Sampler(gen)
-        length = inputs_embeds.shape[1]
-        mask = torch.ones(1, length, dtype=torch.int64)
-        positions = torch.arange(length).unsqueeze(0)
+        length, device = inputs_embeds.shape[1], inputs_embeds.device
+        mask = torch.ones(1, length, dtype=torch.int64, device=device)
+        positions = torch.arange(length, device=device).unsqueeze(0)
         past = self.decoder.empty_cache(1, inputs_embeds.dtype)
         logits, past = self.decoder(inputs_embeds, mask, positions, past)
         generated: list[int] = []
         while len(generated) < gen.max_new_tokens:
-            token = sampler.next_token(logits[0, -1].float().numpy(), generated)
+            token = sampler.next_token(logits[0, -1].float().cpu().numpy(), generated)
             if token in gen.eos_token_ids:
                 break
             generated.append(token)
             yield token
-            step = torch.tensor([[token]])
-            mask = torch.ones(1, length + len(generated), dtype=torch.int64)
-            positions = torch.tensor([[length + len(generated) - 1]])
+            step = torch.tensor([[token]], device=device)
+            mask = torch.ones(1, length + len(generated), dtype=torch.int64, device=device)
+            positions = torch.tensor([[length + len(generated) - 1]], device=device)
             logits, past = self.decoder(self.decoder.embed(step), mask, positions, past)
 
     def generate(self, inputs_embeds: torch.Tensor, gen: GenerationConfig) -> list[int]:

@@ -226,7 +226,7 @@ class Qwen2Decoder(nn.Module):
         """Final norm and vocabulary projection of the last layer's (B, S, H) output: (B, S, V),
         or (B, k, V) for the last k positions when ``logits_to_keep`` is k > 0."""
         if logits_to_keep is not None:
-            seq_len = torch.tensor(x.shape[1], dtype=torch.int64)
+            seq_len = torch.tensor(x.shape[1], dtype=torch.int64, device=x.device)
             start = torch.where(logits_to_keep > 0, seq_len - logits_to_keep, 0)
             x = x[:, start:]  # (B, k or S, H)
         x = self.norm(x)

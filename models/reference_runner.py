@@ -27,7 +27,7 @@ from mvgpt.runtime.prompt import decode_answer, prompt_ids
 from mvgpt.runtime.sampling import GenerationConfig
 from mvgpt.runtime.video import read_frames
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -42,7 +42,9 @@ class ReferenceResult:
 class ReferenceRunner:
     """Holds the loaded reference model; answers questions about videos."""
 
-    def __init__(self, checkpoint: str | Path, clip: str | Path, dtype: str = "fp32"):
+    def __init__(
+        self, checkpoint: str | Path, clip: str | Path, dtype: str = "fp32", device: str = "cpu"
+    ):
         ckpt = load_checkpoint(checkpoint, clip)
         self.config = ckpt.config
         self.generation_config = ckpt.generation_config
@@ -55,7 +57,13 @@ class ReferenceRunner:
                 self.model.video_projector,
             ):
                 part.to(DTYPES[dtype])
-        self.dtype = dtype
+        self.model.to(device)
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def _sync(self) -> None:
+        """Wait for the device's queued work, so that a timing covers it (CUDA runs async)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def answer(
         self, video: str | Path, question: str, max_new_tokens: int = 64, **overrides
@@ -66,12 +74,13 @@ class ReferenceRunner:
         frames, positions = read_frames(video, self.config.selection.num_frames)
         clip_pixels = torch.from_numpy(
             preprocess_clip(frames, center_crop=self.config.clip.center_crop)
-        )
-        mamba_pixels = torch.from_numpy(preprocess_video_mamba(frames))
+        ).to(self.device)
+        mamba_pixels = torch.from_numpy(preprocess_video_mamba(frames)).to(self.device)
         seconds["decode_video"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         visual, selected = self.model.encode_video(clip_pixels, mamba_pixels)
         embeds = self.model.prompt_embeds(ids, visual)
+        self._sync()
         seconds["encode"] = time.perf_counter() - t0
         gen = GenerationConfig.official(
             self.generation_config, max_new_tokens=max_new_tokens, **overrides

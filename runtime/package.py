@@ -23,7 +23,7 @@ import tokenizers
 from . import manifest as M
 from .errors import KernelError, MvgptError, PackageError
 from .prompt import check_template
-from .sessions import LIB_NAME, library_available, session_options
+from .sessions import LIB_NAME, library_available, library_providers, session_options
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -486,6 +486,11 @@ def int8_notes(manifest: dict, provider: str, flags: set[str] | None = None) -> 
     ]
 
 
+def _has_kernel(op: str, provider: str) -> bool:
+    """Whether the built library has a kernel of ``op`` for ``provider`` (a short name)."""
+    return PROVIDERS[provider] in library_providers(op)
+
+
 def _library_or_portable(
     stage: str,
     op: str,
@@ -504,8 +509,8 @@ def _library_or_portable(
     try:
         if not library_available():
             reason = "the mvgpt custom-op library is not built"
-        elif provider != "cpu" and has_portable:
-            reason = f"the {op} kernel is CPU-only and the provider is {provider}"
+        elif provider != "cpu" and has_portable and not _has_kernel(op, provider):
+            reason = f"the library's {op} kernel is CPU-only and the provider is {provider}"
         else:
             options = session_options(threads, custom_op=op, config=config)
             return options, entry[M.S_FILE], True

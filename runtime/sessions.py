@@ -64,6 +64,23 @@ def library_path() -> str:
     return str(path)
 
 
+def library_providers(op: str) -> tuple[str, ...]:
+    """The execution providers the built library has a kernel of ``op`` for (its
+    ``mvgpt_ops_providers``): the CPU's, and CUDA's for SelectiveScan in a build with CUDA; ()
+    when the library is missing, cannot be loaded or predates the query."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(library_path())
+        query = lib.mvgpt_ops_providers
+    except (KernelError, OSError, AttributeError):
+        return ()
+    query.restype = ctypes.c_char_p
+    query.argtypes = [ctypes.c_char_p]
+    found = query(op.encode())
+    return tuple(found.decode().split()) if found else ()
+
+
 def _register_shared_arena() -> None:
     """Register onnxruntime's process-wide CPU arena (default settings) once per process."""
     global _shared_arena_registered

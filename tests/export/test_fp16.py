@@ -185,3 +185,25 @@ def test_native_runtime_refuses_an_fp16_cache_with_the_reason(builtin_fp16):
                            builtin_fp16], capture_output=True, text=True)  # fmt: skip
     print(done.stderr)
     assert done.returncode == 1 and "expected a float32 KV cache" in done.stderr
+
+
+@pytest.mark.gpu
+def test_builtin_fp16_on_cuda_answers_as_fp32_on_the_cpu(builtin_fp16):
+    """On a GPU (benchmarks/gpu_check.sh): the fp16 package on the CUDA provider, its KV cache on
+    the device, VideoMamba's scan on the library's CUDA kernel when the library has one."""
+    import onnxruntime as ort
+
+    from mvgpt import kernels
+    from mvgpt.runtime.sessions import library_providers
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu on a GPU")
+    sample = builtin_sample()
+    pipe = Pipeline.load(builtin_fp16, "cuda")
+    assert pipe.decoder.cache_device == "cuda"
+    encoding = pipe.encode(sample.video)
+    got = [pipe.answer(encoding, q["question"]).text.strip() for q in sample.questions]
+    print(got, pipe.package.notes)
+    assert got == [q["answer"] for q in sample.questions]
+    if "CUDAExecutionProvider" in library_providers(M.CUSTOM_OP_SCAN):
+        assert kernels.last_isa(M.CUSTOM_OP_SCAN) == "cuda"

@@ -13,6 +13,7 @@ nvcc comes from a CUDA toolkit ($CUDACXX or PATH); without one these tests skip,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import onnx
 import pytest
 
 from mvgpt.kernels import native_build, portable
+from mvgpt.runtime import manifest as M
 from tests import kernel_cases as kc
 from tests.unit.test_kernels_emulated import SCAN_GRID, case_id
 
@@ -110,11 +112,24 @@ def test_library_with_cuda_holds_the_gpus_code_and_runs_on_the_cpu(cuda_library,
         "session_options(custom_op='SelectiveScan'), providers=['CPUExecutionProvider'])\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, s.run(None, feeds)[0])\n"
         "print(json.dumps([kernels.last_isa('SelectiveScan'), kernels.cpu_isas()]))\n"
+        # which graph each custom-op stage of the built-in package would run on the CUDA provider
+        "from mvgpt.runtime import manifest as M, package as P\n"
+        "from mvgpt.runtime.default_model import builtin_package\n"
+        "folder = builtin_package(); stages = P.read_manifest(folder)[M.K_STAGES]\n"
+        "print(json.dumps({s: P._library_or_portable(s, op, folder, stages[s], {}, 1, 'cuda', [])"
+        "[1:] for s, op in M.CUSTOM_OP_STAGES.items()}))\n"
     )
     env = {**os.environ, "MVGPT_OPS_LIBRARY": str(cuda_library)}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
-    isa, cpu = __import__("json").loads(run.stdout.strip().splitlines()[-1])
+    lines = run.stdout.strip().splitlines()
+    isa, cpu = json.loads(lines[-2])
+    on_cuda = json.loads(lines[-1])
+    print(f"graphs on the CUDA provider: {on_cuda}")
+    assert on_cuda == {  # the scan op has a CUDA kernel now; the attention op does not
+        M.VIDEO_MAMBA: ["video_mamba.onnx", True],
+        M.DECODER: [M.portable_file(M.DECODER), False],
+    }
     y = np.load(tmp_path / "y.npy")
     err = kc.scan_max_rel(y, kc.scan_reference(feeds, True))
     print(f"CPU provider with the CUDA build: {isa} path, max rel diff {err:.2e}")
