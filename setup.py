@@ -125,7 +125,16 @@ setup(
     packages=["mvgpt"] + [f"mvgpt.{name}" for name in FOLDERS],
     package_dir={"mvgpt": "mvgpt", **{f"mvgpt.{name}": name for name in FOLDERS}},
     package_data={
-        "mvgpt.kernels": ["*.cc", "*.h", "CMakeLists.txt", "check/*.cc", "check/*.h"],
+        "mvgpt.kernels": [
+            "*.cc",
+            "*.h",
+            "*.cu",
+            "*.cuh",
+            "CMakeLists.txt",
+            "check/*.cc",
+            "check/*.h",
+            "check/*.cu",
+        ],
         "mvgpt.runtime": BUILTIN_FILES,
     },
     install_requires=RUNTIME,
