@@ -15,7 +15,10 @@ GPU tests; ``--provider cpu`` runs every part on the CPU (a dry run of the plumb
 3. speed: time to first token, decode tokens/s and peak device memory of mvgpt fp16 on
    --provider and of the PyTorch reference (fp16 and bf16 eager, --size checkpoint) on the same
    GPU, same video and question, greedy; each configuration in its own process, rounds
-   interleaved; ratios against the reference.
+   interleaved; ratios against the reference. The reference is this project's PyTorch model
+   (models/), whose VideoMamba scan is a loop over time steps in Python (about 1569 x 64 small
+   GPU launches per encoding), not the official code's fused mamba_ssm kernel (CUDA-only, not
+   installable here): its time to first token is slower than the official stack's would be.
 4. scan: SelectiveScan per call at VideoMamba-M's shape (1, 1152, 1569, 16): the library's CUDA
    kernel and the portable ONNX Scan on --provider (inputs and output bound on the device), and
    the CPU op.
@@ -186,30 +189,34 @@ def builtin_agreement(work: Path, provider: str, videos: int) -> dict:
 
 # ---------------------------------------------------------------- 3. speed
 def speed_worker(config: dict, video: str, max_new_tokens: int) -> dict:
-    """One configuration's answer, timed, in this process."""
+    """One configuration's answer, timed, in this process. Device memory is measured the same
+    way for both engines, over the untimed load and warm-up answer (nvidia-smi's polling would
+    disturb the timed one): the GPU's memory in use at its peak less before the load (weights,
+    caches, the CUDA context and the allocators' reserve)."""
     if config["engine"] == "reference":
         import torch
 
         from mvgpt.models.reference_runner import ReferenceRunner
 
-        runner = ReferenceRunner(config["checkpoint"], config["clip"], config["dtype"], "cuda")
-        runner.answer(video, QUESTION, 4, do_sample=False)  # warm-up (kernels, allocator)
-        torch.cuda.reset_peak_memory_stats()
+        with DeviceMemory() as memory:
+            runner = ReferenceRunner(config["checkpoint"], config["clip"], config["dtype"], "cuda")
+            runner.answer(video, QUESTION, max_new_tokens, do_sample=False)  # warm-up
         result = runner.answer(video, QUESTION, max_new_tokens, do_sample=False)
         s, tokens = result.seconds, len(result.token_ids)
         decode = s["generate"] - s["ttft_after_encode"]
         return {
             "ttft_s": s["decode_video"] + s["encode"] + s["ttft_after_encode"],
             "decode_tokens_per_s": (tokens - 1) / decode if tokens > 1 and decode > 0 else None,
-            "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_device_mib": memory.mib,
+            "torch_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
             "token_ids": list(result.token_ids),
         }
     from mvgpt.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.load(config["model"], config["provider"])
-    pipe.answer(video, QUESTION, max_new_tokens=4)  # warm-up
     with DeviceMemory() as memory:
-        answer = pipe.answer(video, QUESTION, max_new_tokens=max_new_tokens)
+        pipe = Pipeline.load(config["model"], config["provider"])
+        pipe.answer(video, QUESTION, max_new_tokens=max_new_tokens)  # warm-up
+    answer = pipe.answer(video, QUESTION, max_new_tokens=max_new_tokens)
     return {
         "ttft_s": answer.ttft_s,
         "decode_tokens_per_s": answer.decode_tokens_per_s,
@@ -250,6 +257,7 @@ def scan_times(provider: str, repeat: int = 20) -> dict[str, float | None]:
     import numpy as np
     import onnxruntime as ort
 
+    from mvgpt import kernels
     from mvgpt.kernels import portable
     from mvgpt.runtime.package import PROVIDERS
     from mvgpt.runtime.sessions import session_options
@@ -279,6 +287,8 @@ def scan_times(provider: str, repeat: int = 20) -> dict[str, float | None]:
             if i >= 2:
                 times.append((time.perf_counter() - start) * 1e3)
         key = f"{name} on {where}"
+        if not is_portable:  # the path the op really took (no CUDA kernel: the CPU's, with copies)
+            key += f" ({kernels.last_isa('SelectiveScan')})"
         out[key] = statistics.median(times)
         emit({"bench": "gpu_scan", "config": key, "median_ms": out[key], "shape": SCAN_SHAPE[:4]}
              | environment(0, versions(), where))  # fmt: skip

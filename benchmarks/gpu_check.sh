@@ -10,7 +10,8 @@
 #      given, else from the package index; skipped when CUDAExecutionProvider is already there;
 #   2. the custom-op library rebuilt with SelectiveScan's CUDA kernel for this GPU
 #      (MVGPT_CUDA_ARCHITECTURES, default native);
-#   3. the tests marked gpu and the fp16 tests (tests.log);
+#   3. the tests marked gpu (tests.log): the CUDA kernel against float64 on the device, the
+#      built-in model's fp16 package answering on CUDA;
 #   4. benchmarks/bench_gpu.py: fp16 on the GPU against fp32 on the CPU per stage and on the
 #      built-in model's held-out questions, speed against the PyTorch reference on the GPU, the
 #      scan kernel per call (bench.log: JSON lines and tables).

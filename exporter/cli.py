@@ -2,7 +2,7 @@
 
     mvgpt-export --checkpoint DIR --clip DIR --out PKG [--precision {fp32,int8,int4,int4-b128,fp16}]
     mvgpt-export --random {tiny,0.5b,1.5b} --out PKG
-    mvgpt-export --package FP32_PKG --out PKG --precision fp16   (no checkpoint or torch needed)
+    mvgpt-export --package FP32_PKG --out PKG --precision fp16   (no checkpoint needed)
 
 A hub id instead of a folder is downloaded with huggingface_hub when online. Errors are one
 stderr line and exit 1 (``--debug`` shows the traceback); usage errors exit 2.
@@ -50,7 +50,7 @@ def parse_args(argv):
     src.add_argument("--checkpoint", help="Mobile-VideoGPT folder or hub id")
     src.add_argument("--random", choices=SIZES, help="export a random checkpoint")
     src.add_argument(
-        "--package", help="convert this fp32 package's graphs to --precision (no torch needed)"
+        "--package", help="convert this fp32 package's graphs to --precision (no checkpoint)"
     )
     parser.add_argument("--clip", help=f"CLIP folder or hub id (default {CLIP_HUB_ID})")
     parser.add_argument("--out", required=True, help="package folder to write")

@@ -22,9 +22,11 @@ manifest's quantization entry records which and why).
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import onnx
+import onnx.shape_inference
 
 from mvgpt.exporter.graphs import save_model
 from mvgpt.runtime import manifest as M
@@ -57,23 +59,32 @@ def fp16_io_names(model: onnx.ModelProto, stage: str) -> list[str]:
 
 def convert_fp16(src: Path, dst: Path, stage: str) -> None:
     """Write the fp16 graph of ``stage`` (the fp32 graph at ``src``) to ``dst`` (see the module
-    docstring for what stays fp32)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    docstring for what stays fp32). Shapes are inferred from the files (``infer_shapes_path``),
+    not from the model in memory, which protobuf cannot serialise past 2 GB (a 1.5B decoder)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     from mvgpt.kernels.portable import make_portable
 
-    model = onnx.load(str(src))
-    if stage == M.DECODER:
-        model = make_portable(model)
-    cache = set(fp16_io_names(model, stage))
-    keep = [t.name for t in (*model.graph.input, *model.graph.output) if t.name not in cache]
-    half = convert_float_to_float16(
-        model,
-        keep_io_types=keep,
-        op_block_list=FP32_OPS,
-        node_block_list=_norm_nodes(model.graph),
-    )
-    save_model(half, dst)
+    with tempfile.TemporaryDirectory(prefix="mvgpt-fp16-", dir=dst.parent) as tmp:
+        source = Path(tmp) / src.name
+        model = onnx.load(str(src))
+        if stage == M.DECODER:
+            model = make_portable(model)
+        save_model(model, source)  # the portable form beside its own data, for shape inference
+        del model
+        inferred = Path(tmp) / f"inferred-{src.name}"
+        onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
+        model = onnx.load(str(inferred))  # its weights: the data file beside it
+        cache = set(fp16_io_names(model, stage))
+        keep = [t.name for t in (*model.graph.input, *model.graph.output) if t.name not in cache]
+        half = convert_float_to_float16(
+            model,
+            keep_io_types=keep,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+            node_block_list=_norm_nodes(model.graph),
+            disable_shape_infer=True,  # done above, from the files
+        )
+        save_model(half, dst)
 
 
 def manifest_tensors(entry: dict, stage: str) -> dict:

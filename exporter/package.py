@@ -369,6 +369,9 @@ def finish_package(
                 if stages[check.stage][M.S_CUSTOM_OP] is None:
                     (staging / M.portable_file(check.stage)).unlink(missing_ok=True)
     portable = [s for s in M.CUSTOM_OP_STAGES if manifest[M.K_STAGES][s][M.S_CUSTOM_OP]]
+    manifest[M.K_CUSTOM_OPS] = [manifest[M.K_STAGES][s][M.S_CUSTOM_OP] for s in portable]
+    if manifest[M.K_STAGES][M.DECODER][M.S_CUSTOM_OP] is None:  # an fp16 decoder (half.py)
+        manifest[M.K_DECODER]["attention"] = M.DECODER_ATTENTION_FP16
     if precision != "fp32":
         write_portable_graphs(staging, files, portable)  # from the quantized graphs
     for stage, name in files.items():
@@ -389,8 +392,8 @@ def convert_package(
     progress: Progress = _quiet,
     min_cosine: float | None = None,
 ) -> None:
-    """An fp32 package at another precision, from its ONNX graphs alone (no checkpoint, no
-    torch): the graphs are copied and go through ``finish_package`` as an export's do, checked
+    """An fp32 package at another precision, from its ONNX graphs alone (no checkpoint): the
+    graphs are copied and go through ``finish_package`` as an export's do, checked
     against the fp32 graphs they came from."""
     from mvgpt.runtime.package import read_manifest
 
@@ -401,8 +404,11 @@ def convert_package(
             f"{src}: expected an fp32 package to convert, got precision "
             f"{manifest.get(M.K_PRECISION)!r}; fix: convert the fp32 package it was made from"
         )
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if precision not in PRECISIONS or precision == "fp32":
+        raise ExportError(
+            f"converting {src}: expected --precision one of "
+            f"{', '.join(p for p in PRECISIONS if p != 'fp32')}, got {precision!r}"
+        )
     files = {stage: entry[M.S_FILE] for stage, entry in manifest[M.K_STAGES].items()}
     staging = prepare_output(out, progress)
     try:

@@ -416,6 +416,12 @@ def manifest_entry(
             measured[check.stage] = {**measured[check.stage], **kept}
     return {
         M.Q_MIN_COSINE: min_cosine,
-        M.Q_REFERENCE: "fp32 ONNX graphs of the same export, same seeded random inputs",
+        M.Q_REFERENCE: "fp32 ONNX graphs of the same export, same seeded random inputs"
+        + (
+            "; measured on the CPU provider, which runs some fp16 nodes in fp32 behind casts: "
+            "a GPU may differ"
+            if precision == "fp16"
+            else ""
+        ),
         M.Q_STAGES: {k: measured.get(k, {M.Q_METHOD: m}) for k, m in methods.items()},
     }

@@ -14,6 +14,7 @@ set-up command runs after the install.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,7 @@ def build(
     """Build the custom-op library if needed (always when ``output`` is given or ``cuda`` is
     asked for); returns its path."""
     lib = Path(output) if output is not None else LIB_PATH
+    cuda = cuda or os.environ.get("MVGPT_CUDA", "").lower() in ("1", "on", "yes") or None
     if output is None and not force and not werror and not cuda and is_up_to_date(lib):
         return lib
     return build_library(lib, werror=werror, verbose=verbose, cuda=cuda)

@@ -13,6 +13,7 @@
 
 #include "cpu.h"
 #include "ops.h"
+#include "scan_args.h"
 
 #define MVGPT_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -80,14 +81,18 @@ MVGPT_EXPORT const char* mvgpt_ops_cpu_isas() {
   return list.c_str();
 }
 
-// The execution providers this build of the library has a kernel of `op` for, space-separated:
-// "CPUExecutionProvider", plus "CUDAExecutionProvider" for SelectiveScan in a build with CUDA;
+// The execution providers this library has a kernel of `op` for that can run on this machine,
+// space-separated: "CPUExecutionProvider", plus "CUDAExecutionProvider" for SelectiveScan in a
+// build with CUDA where its kernel can run (a GPU, a new enough driver, device code for it);
 // NULL for an unknown op name. The runtime reads it to run a stage's graph with the op on the
 // CUDA provider instead of the portable graph.
 MVGPT_EXPORT const char* mvgpt_ops_providers(const char* op) {
   if (op == nullptr) return nullptr;
 #if defined(MVGPT_CUDA)
-  if (std::strcmp(op, "SelectiveScan") == 0) return "CPUExecutionProvider CUDAExecutionProvider";
+  static const bool usable = mvgpt::scan::scan_cuda_usable();
+  if (std::strcmp(op, "SelectiveScan") == 0) {
+    return usable ? "CPUExecutionProvider CUDAExecutionProvider" : "CPUExecutionProvider";
+  }
 #else
   if (std::strcmp(op, "SelectiveScan") == 0) return "CPUExecutionProvider";
 #endif

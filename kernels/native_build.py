@@ -335,20 +335,44 @@ def cuda_wanted(setting: str | None = None) -> bool:
     return find_nvcc() is not None and _onnxruntime_gpu_installed()
 
 
+CUDA_ARCHITECTURES = ("75", "80", "86", "87", "89", "90")  # Turing .. Hopper; 87: Jetson Orin
+
+
+def cuda_architectures(nvcc: str) -> str:
+    """``$MVGPT_CUDA_ARCHITECTURES`` (e.g. ``native``), else those of CUDA_ARCHITECTURES this nvcc
+    can compile for (``nvcc --list-gpu-arch``; all of them when it cannot say)."""
+    if os.environ.get("MVGPT_CUDA_ARCHITECTURES"):
+        return os.environ["MVGPT_CUDA_ARCHITECTURES"]
+    run = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True)
+    known = set(re.findall(r"compute_(\d+)", run.stdout)) if run.returncode == 0 else set()
+    wanted = [a for a in CUDA_ARCHITECTURES if a in known] if known else list(CUDA_ARCHITECTURES)
+    return ";".join(wanted or CUDA_ARCHITECTURES)
+
+
 def build_library(
     output: Path = LIB_PATH, werror: bool = False, verbose: bool = False, cuda: bool | None = None
 ) -> Path:
     """Build the library with CMake into ``output`` (replaced atomically); returns it. ``cuda``:
-    with SelectiveScan's CUDA kernel (None: ``cuda_wanted()``). Raises KernelError naming what
-    is missing (CMake, a compiler, the headers) or the compiler's errors."""
+    with SelectiveScan's CUDA kernel (None: ``cuda_wanted()``; a CUDA build that fails then is
+    done again without it, saying so). Raises KernelError naming what is missing (CMake, a
+    compiler, the headers, nvcc) or the compiler's errors."""
+    if cuda is None and cuda_wanted():
+        try:
+            return _build_library(output, werror, verbose, cuda=True)
+        except KernelError as e:
+            sys.stderr.write(f"mvgpt: the CUDA kernel did not build ({e}); building without it\n")
+            return _build_library(output, werror, verbose, cuda=False)
+    return _build_library(output, werror, verbose, cuda=bool(cuda) and cuda_wanted("1"))
+
+
+def _build_library(output: Path, werror: bool, verbose: bool, cuda: bool) -> Path:
     cmake = require_cmake()
     include = find_headers()
-    cuda = cuda_wanted() if cuda is None else cuda
     defines = [f"-DORT_INCLUDE_DIR={include}", f"-DMVGPT_CUDA={'ON' if cuda else 'OFF'}"]
-    if cuda and find_nvcc():
-        defines.append(f"-DCMAKE_CUDA_COMPILER={find_nvcc()}")
-    if cuda and os.environ.get("MVGPT_CUDA_ARCHITECTURES"):
-        defines.append(f"-DMVGPT_CUDA_ARCHITECTURES={os.environ['MVGPT_CUDA_ARCHITECTURES']}")
+    nvcc = find_nvcc() if cuda else None
+    if nvcc:
+        defines.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+        defines.append(f"-DMVGPT_CUDA_ARCHITECTURES={cuda_architectures(nvcc)}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mvgpt-cmake-") as tmp:

@@ -20,5 +20,9 @@ struct ScanArgs {
 // went wrong (a static string).
 const char* launch_scan_cuda(const ScanArgs& a, void* stream);
 
+// Whether the CUDA kernel can run here: a GPU, a driver new enough for the CUDA runtime linked
+// in, and device code for this GPU's architecture in the library.
+bool scan_cuda_usable();
+
 }  // namespace scan
 }  // namespace mvgpt

@@ -37,5 +37,14 @@ const char* launch_scan_cuda(const ScanArgs& a, void* stream) {
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
+bool scan_cuda_usable() {
+  int devices = 0;
+  bool usable = cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+  cudaFuncAttributes attributes;  // fails where the library holds no code this GPU can run
+  usable = usable && cudaFuncGetAttributes(&attributes, scan_cuda::scan_kernel<16>) == cudaSuccess;
+  cudaGetLastError();  // clear what a failed probe left
+  return usable;
+}
+
 }  // namespace scan
 }  // namespace mvgpt

@@ -57,13 +57,16 @@ class KVCache:
             ]
         else:
             self.ort_values = [
-                [
-                    ort.OrtValue.ortvalue_from_shape_and_type(self._shape, self._dtype, device, 0)
-                    for _ in (0, 1)
-                ]
-                for _ in range(num_layers)
+                [self._device_zeros(device) for _ in (0, 1)] for _ in range(num_layers)
             ]
         self.length = 0
+
+    def _device_zeros(self, device: str) -> ort.OrtValue:
+        """A buffer of onnxruntime's on ``device``, zeroed as the host buffers are (onnxruntime
+        leaves it uninitialised)."""
+        value = ort.OrtValue.ortvalue_from_shape_and_type(self._shape, self._dtype, device, 0)
+        value.update_inplace(np.zeros(self._shape, self._dtype))
+        return value
 
     def in_use(self, layer: int, kind: int) -> np.ndarray:
         """The positions in use of one buffer: a view (host cache) or a copy (device cache)."""

@@ -154,6 +154,7 @@ DECODER_ATTENTION = (
     "mvgpt.GroupQueryAttention (com.microsoft.GroupQueryAttention's inputs and attributes; "
     "portable_file: com.microsoft.GroupQueryAttention)"
 )
+DECODER_ATTENTION_FP16 = "com.microsoft.GroupQueryAttention (fp16 packages: no custom op)"
 DECODER_KV_CACHE = (
     "past_key/past_value (roles) may be a buffer longer than the positions in use; "
     "attention_mask has one column per position in use (all ones: rows unpadded), and the new "

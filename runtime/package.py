@@ -32,9 +32,10 @@ PROVIDERS = {
     "coreml": "CoreMLExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
-# where a provider's decoder keeps its KV cache (onnxruntime's OrtValue device names); a provider
-# not named here keeps it in host memory
-CACHE_DEVICES = {"cuda": "cuda", "tensorrt": "cuda"}
+# where a provider's decoder keeps a float16 KV cache (onnxruntime's OrtValue device names): the
+# CUDA provider's GroupQueryAttention runs fp16 (and bf16) only, so an fp32 cache stays in host
+# memory, beside the CPU attention kernel that then reads it; any other provider: host memory
+CACHE_DEVICES = {"cuda": "cuda"}
 REQUIRED_KEYS = (
     M.K_STAGES,
     M.K_PREPROCESS,

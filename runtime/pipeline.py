@@ -96,7 +96,9 @@ class Pipeline:
             package.sessions[M.DECODER],
             self.decoder_cfg,
             package.io[M.DECODER],
-            cache_device=CACHE_DEVICES.get(package.provider),
+            cache_device=CACHE_DEVICES.get(package.provider)
+            if package.io[M.DECODER].cache_dtype == "float16"
+            else None,
         )
         # this pipeline's prefills of the Encodings it answered; an entry goes with its Encoding
         self._shared: weakref.WeakKeyDictionary[Encoding, _SharedPrefill] = (
