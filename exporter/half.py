@@ -34,7 +34,6 @@ from mvgpt.runtime import manifest as M
 FP16 = "fp16_weights_activations"
 FP16_MIN_COSINE = 0.999  # per stage, against the fp32 graph on the same inputs
 FP32_OPS = [M.CUSTOM_OP_SCAN]  # op types kept fp32 (casts around them)
-FP16_IO_ROLES = ("past_key", "past_value", "present_key", "present_value")
 
 
 def _norm_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -93,9 +92,10 @@ def manifest_tensors(entry: dict, stage: str) -> dict:
     if stage != M.DECODER:
         return entry
     entry = dict(entry)
+    cache_roles = (*M.CACHE_INPUT_ROLES, *M.CACHE_OUTPUT_ROLES)
     for key in (M.S_INPUTS, M.S_OUTPUTS):
         entry[key] = [
-            {**t, "dtype": "float16"} if t.get("role") in FP16_IO_ROLES else t for t in entry[key]
+            {**t, "dtype": "float16"} if t.get("role") in cache_roles else t for t in entry[key]
         ]
     entry[M.S_CUSTOM_OP] = None
     entry[M.S_SESSION_CONFIG] = {}

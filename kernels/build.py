@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from mvgpt.kernels.native_build import (  # noqa: F401  (re-exported for the tests and tools)
+    CUDA_ON,
     KERNEL_DIR,
     NATIVE_LIB_PATH,
     SOURCES,
@@ -46,7 +47,7 @@ def build(
     """Build the custom-op library if needed (always when ``output`` is given or ``cuda`` is
     asked for); returns its path."""
     lib = Path(output) if output is not None else LIB_PATH
-    cuda = cuda or os.environ.get("MVGPT_CUDA", "").lower() in ("1", "on", "yes") or None
+    cuda = cuda or os.environ.get("MVGPT_CUDA", "").lower() in CUDA_ON or None
     if output is None and not force and not werror and not cuda and is_up_to_date(lib):
         return lib
     return build_library(lib, werror=werror, verbose=verbose, cuda=cuda)

@@ -316,12 +316,15 @@ def _onnxruntime_gpu_installed() -> bool:
     return True
 
 
+CUDA_ON = ("1", "on", "yes")  # $MVGPT_CUDA values that ask for the CUDA kernel
+
+
 def cuda_wanted(setting: str | None = None) -> bool:
     """Whether to build SelectiveScan's CUDA kernel, from ``$MVGPT_CUDA`` (or ``setting``):
     ``1``/``on``: yes (an error without nvcc); ``0``/``off``: no; unset or ``auto``: when nvcc
     is found and onnxruntime-gpu is installed (the only onnxruntime that runs it)."""
     value = (setting if setting is not None else os.environ.get("MVGPT_CUDA", "auto")).lower()
-    if value in ("1", "on", "yes"):
+    if value in CUDA_ON:
         if find_nvcc() is None:
             raise KernelError(
                 "MVGPT_CUDA=1 but no nvcc: expected $CUDACXX or nvcc on PATH; fix: install a "

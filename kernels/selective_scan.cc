@@ -235,7 +235,9 @@ int64_t softplus_attribute(const OrtApi& api, const OrtKernelInfo* info) {
 }
 
 struct SelectiveScanKernel {
-  SelectiveScanKernel(bool softplus) : softplus_(softplus), threads_(default_threads()) {
+  static constexpr const char* kProvider = "CPUExecutionProvider";
+
+  explicit SelectiveScanKernel(bool softplus) : softplus_(softplus), threads_(default_threads()) {
     std::string error;
     Isa isa = kScalar;
     if (!parse_isa("MVGPT_SCAN_ISA", std::getenv("MVGPT_SCAN_ISA"), &isa, &error)) fail(kOp, error);
@@ -258,12 +260,15 @@ struct SelectiveScanKernel {
   scan::Path path_{};
 };
 
-struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel, true> {
+// The op for one execution provider: Kernel (created with the delta_softplus attribute) names it
+// in kProvider. Inputs all float32, z and delta_bias optional; one float32 output.
+template <typename Kernel>
+struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp<Kernel>, Kernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    return to_status(api, kOp, [&] { *kernel = new SelectiveScanKernel(softplus_attribute(api, info) == 1); });
+    return to_status(api, kOp, [&] { *kernel = new Kernel(softplus_attribute(api, info) == 1); });
   }
   const char* GetName() const { return kOp; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  const char* GetExecutionProviderType() const { return Kernel::kProvider; }
   size_t GetInputTypeCount() const { return input::kCount; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
@@ -278,6 +283,8 @@ struct SelectiveScanOp : Ort::CustomOpBase<SelectiveScanOp, SelectiveScanKernel,
 // The same op for the CUDA execution provider: inputs and output in device memory, the kernel
 // (selective_scan_cuda.cu) launched on onnxruntime's compute stream of the run.
 struct SelectiveScanCudaKernel {
+  static constexpr const char* kProvider = "CUDAExecutionProvider";
+
   explicit SelectiveScanCudaKernel(bool softplus) : softplus_(softplus) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -292,34 +299,18 @@ struct SelectiveScanCudaKernel {
 
   bool softplus_;
 };
-
-struct SelectiveScanCudaOp : Ort::CustomOpBase<SelectiveScanCudaOp, SelectiveScanCudaKernel, true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-    return to_status(api, kOp, [&] { *kernel = new SelectiveScanCudaKernel(softplus_attribute(api, info) == 1); });
-  }
-  const char* GetName() const { return kOp; }
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-  size_t GetInputTypeCount() const { return input::kCount; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return static_cast<int>(index) >= input::kRequired ? INPUT_OUTPUT_OPTIONAL
-                                                       : INPUT_OUTPUT_REQUIRED;
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-};
 #endif
 
 }  // namespace
 
 const OrtCustomOp* selective_scan_op() {
-  static SelectiveScanOp op;
+  static SelectiveScanOp<SelectiveScanKernel> op;
   return &op;
 }
 
 #if defined(MVGPT_CUDA)
 const OrtCustomOp* selective_scan_cuda_op() {
-  static SelectiveScanCudaOp op;
+  static SelectiveScanOp<SelectiveScanCudaKernel> op;
   return &op;
 }
 #endif

@@ -43,7 +43,6 @@ class KVCache:
         device: str | None = None,
     ) -> None:
         self.capacity = capacity
-        self.device = device
         self._dtype = np.dtype(dtype)
         self._shape = (1, kv_heads, capacity, head_dim)
         self._buffers = None

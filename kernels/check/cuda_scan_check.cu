@@ -41,39 +41,25 @@ struct Device {  // device copies of the case's arrays, freed at the end
 
 void run_scan(Reader& in, const char* out, bool on_device) {
   namespace scan = mvgpt::scan;
-  const int64_t B = in.i64("batch"), D = in.i64("dim"), L = in.i64("length");
-  const int64_t N = in.i64("state"), has_z = in.i64("has_z"), has_bias = in.i64("has_bias");
-  const int64_t softplus = in.i64("softplus");
-  const auto u = in.array<float>(B * D * L, "u"), delta = in.array<float>(B * D * L, "delta");
-  const auto A = in.array<float>(D * N, "A"), Bm = in.array<float>(B * N * L, "B");
-  const auto C = in.array<float>(B * N * L, "C"), Dv = in.array<float>(D, "D");
-  const auto z = in.array<float>(has_z ? B * D * L : 0, "z");
-  const auto bias = in.array<float>(has_bias ? D : 0, "delta_bias");
-  in.expect_end();
-  std::vector<float> y(static_cast<size_t>(B * D * L));
+  ScanCase c(in);
   const char* error = nullptr;
   if (!on_device) {
-    const scan::ScanArgs a{B,         D,        L,         N,  u.data(), delta.data(), A.data(),
-                           Bm.data(), C.data(), Dv.data(), has_z ? z.data() : nullptr,
-                           has_bias ? bias.data() : nullptr, softplus != 0, y.data()};
-    error = mvgpt::scan_cuda::scan_on_host(a);
+    error = mvgpt::scan_cuda::scan_on_host(
+        c.args([](const std::vector<float>& v) { return v.data(); }, c.y.data()));
   } else {
     Device dev;
-    float* dy = dev.put(y);
-    const scan::ScanArgs a{B,           D,           L,           N,
-                           dev.put(u),  dev.put(delta), dev.put(A), dev.put(Bm),
-                           dev.put(C),  dev.put(Dv),  dev.put(z), dev.put(bias),
-                           softplus != 0, dy};
-    error = scan::launch_scan_cuda(a, nullptr);
+    float* dy = dev.put(c.y);
+    error = scan::launch_scan_cuda(c.args([&](const std::vector<float>& v) { return dev.put(v); }, dy),
+                                   nullptr);
     if (error == nullptr) {
       Device::check(cudaDeviceSynchronize());
-      if (!y.empty()) {
-        Device::check(cudaMemcpy(y.data(), dy, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      if (!c.y.empty()) {
+        Device::check(cudaMemcpy(c.y.data(), dy, c.y.size() * sizeof(float), cudaMemcpyDeviceToHost));
       }
     }
   }
   if (error != nullptr) throw BadCase(error);
-  write(out, {&y});
+  write(out, {&c.y});
   std::printf("op=scan isa=%s\n", on_device ? "cuda" : "cuda-host");
 }
 

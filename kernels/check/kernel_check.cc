@@ -67,29 +67,17 @@ using mvgpt::Isa;
 
 void run_scan(Reader& in, const char* out, Isa isa) {
   namespace scan = mvgpt::scan;
-  const int64_t B = in.i64("batch"), D = in.i64("dim"), L = in.i64("length");
-  const int64_t N = in.i64("state"), has_z = in.i64("has_z"), has_bias = in.i64("has_bias");
-  const int64_t softplus = in.i64("softplus");
-  const auto u = in.array<float>(B * D * L, "u"), delta = in.array<float>(B * D * L, "delta");
-  const auto A = in.array<float>(D * N, "A"), Bm = in.array<float>(B * N * L, "B");
-  const auto C = in.array<float>(B * N * L, "C"), Dv = in.array<float>(D, "D");
-  const auto z = in.array<float>(has_z ? B * D * L : 0, "z");
-  const auto bias = in.array<float>(has_bias ? D : 0, "delta_bias");
-  in.expect_end();
-  std::vector<float> y(static_cast<size_t>(B * D * L));
-  const float* zp = has_z ? z.data() : nullptr;
-  const float* bias_p = has_bias ? bias.data() : nullptr;
-  const scan::ScanArgs a{B,         D,        L,         N,  u.data(), delta.data(),  A.data(),
-                         Bm.data(), C.data(), Dv.data(), zp, bias_p,   softplus != 0, y.data()};
+  ScanCase c(in);
+  const scan::ScanArgs a = c.args([](const std::vector<float>& v) { return v.data(); }, c.y.data());
   const scan::Path path = scan::path(isa);
-  if (B * D * L > 0) {
+  if (a.batch * a.dim * a.length > 0) {
     const std::vector<float> bc = scan::time_major_bc(a);
-    float* scratch = mvgpt::thread_scratch(path.scratch(N));
+    float* scratch = mvgpt::thread_scratch(path.scratch(a.state));
     for (int64_t i = 0; i < scan::item_count(a, path); ++i) {
       scan::run_item(a, path, bc.data(), i, scratch);
     }
   }
-  write(out, {&y});
+  write(out, {&c.y});
   std::printf("op=scan isa=%s\n", mvgpt::kIsaNames[path.isa]);
 }
 
