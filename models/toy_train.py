@@ -18,7 +18,10 @@ a folder made before. Then, in one process (``toy_model`` says what the tokens c
    read-out on VideoMamba's features.
 4. decoder: the Qwen2 decoder (and its embeddings) learns to answer every question of the
    training videos from the towers' real 18 visual tokens, in the runtime's ChatML prompt, with
-   supervised layer-0 attention and read-outs of the motion (``train_decoder``).
+   supervised layer-0 attention and read-outs of the motion (``train_decoder``); with
+   ``--symmetries 1`` each question is seen under one of the task's 16 symmetries
+   (``turn_tokens``: mirrored, transposed or played backwards, the motion answer turned alike),
+   16 times the videos the decoder learns from.
 
 The result is written by ``toy_checkpoint.write_checkpoint`` in the official layout with the
 toy tokenizer; ``--val N`` held-out videos are answered after each stage (the log says how well).
@@ -79,6 +82,8 @@ class Steps(argparse.Namespace):
     lr = 2e-3
     decoder_lr = 3e-3
     motion_weight = 1.0  # how much likelier a motion question is to be drawn than another
+    symmetries = 0  # 1: train on the videos' mirrored, transposed and reversed tokens too
+    frame_layers = 1  # the decoder layers (from 0) whose heads 2 and 3 read the first/last frames
     token_noise = 0.0  # std of fresh Gaussian noise added to the visual tokens at every step
 
 
@@ -289,6 +294,50 @@ def encode_mamba(model: MobileVideoGPT, data: td.Dataset, chosen: np.ndarray, lo
     return np.stack(out)
 
 
+# ----------------------------------------------------------- what the tokens say of the motion
+
+
+def named_channels(visual: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per object of every video: the x, y, area and presence channels of its own class in the
+    first and the last EDGE_FRAMES image tokens (their means), and its direction index: what
+    the decoder's layer-0 heads 2 and 3 can read, with the class already picked."""
+    rows, ways = [], []
+    for v, per_class in enumerate(directions):
+        for c in np.flatnonzero(per_class >= 0):
+            k = c - 1  # classes in the tokens leave out the background
+            picked = visual[v, :FRAMES][:, [2 * CLASSES + k, 3 * CLASSES + k, CLASSES + k, k]]
+            ends = [picked[:EDGE_FRAMES].mean(0), picked[FRAMES - EDGE_FRAMES :].mean(0)]
+            rows.append(np.concatenate(ends))
+            ways.append(per_class[c])
+    return np.asarray(rows, np.float32), np.asarray(ways, np.int64)
+
+
+def motion_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+                 seed: int = 0, steps: int = 2000) -> dict[str, float]:  # fmt: skip
+    """How well the image tokens say each object's direction when its class is given: a small
+    MLP (not part of the model) trained on the training videos' ``named_channels`` and scored
+    on the held-out ones. It bounds what the decoder's motion answers can reach through the
+    first and last frames, apart from picking the named class (the decoder's own part)."""
+    (x, y), (x_val, y_val) = (named_channels(*train), named_channels(*val))
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    with torch.random.fork_rng():  # the training's own random state is left as it was
+        torch.manual_seed(seed)
+        net = nn.Sequential(
+            nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+            nn.Linear(128, len(td.DIRECTIONS)),
+        )  # fmt: skip
+    opt = torch.optim.Adam(net.parameters(), 1e-3, weight_decay=1e-4)
+    inputs, targets = torch.from_numpy((x - mean) / std), torch.from_numpy(y)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(net(inputs), targets).backward()
+        opt.step()
+    with torch.no_grad():
+        right = net(torch.from_numpy((x_val - mean) / std)).argmax(-1).numpy() == y_val
+        fit = (net(inputs).argmax(-1).numpy() == y).mean()
+    return {"train": round(float(fit), 4), "held_out": round(float(right.mean()), 4)}
+
+
 # --------------------------------------------------------------------------- stage 4: decoder
 
 
@@ -305,10 +354,12 @@ def asked_class(kind: str, question: str) -> int:
 class Questions:
     """Every (video, question) of a dataset as prompt pieces: the text ids before the visual
     tokens (the same for every question: the system prompt), and per question the ids after
-    them (question, ChatML markers) followed by the answer's ids and <|im_end|>."""
+    them (question, ChatML markers) followed by the answer's ids and <|im_end|>; for motion
+    questions also followed by each other direction (the answer of a turned video)."""
 
     def __init__(self, data: td.Dataset, tokenizer, num_visual: int):
         end = tokenizer.token_to_id("<|im_end|>")
+        ways = [[*tokenizer.encode(d, add_special_tokens=False).ids, end] for d in td.DIRECTIONS]
         rows, texts, answers = [], [], []
         self.before = None
         for v, asked in enumerate(data.questions):
@@ -321,15 +372,30 @@ class Questions:
                 rows.append((v, after, answer, q.type))
                 texts.append(q.question)
                 answers.append(q.answer)
-        length = max(len(after) + len(answer) for _, after, answer, _ in rows)
-        self.ids = np.zeros((len(rows), length), np.int64)  # after + answer, right-padded
-        self.targets = np.full((len(rows), length), -100, np.int64)  # next-token targets
-        self.lengths = np.zeros(len(rows), np.int64)
-        for i, (_, after, answer, _) in enumerate(rows):
-            self.ids[i, : len(after) + len(answer)] = [*after, *answer]
-            # position len(after) - 1 (the last prompt token) predicts the answer's first id
-            self.targets[i, len(after) - 1 : len(after) - 1 + len(answer)] = answer
-            self.lengths[i] = len(after) + len(answer)
+        length = max(len(after) + max(map(len, [answer, *ways])) for _, after, answer, _ in rows)
+        # per row and direction: the row answered with that direction if it is a motion
+        # question (what a turned or mirrored video's answer is), else the row as asked
+        variants = len(td.DIRECTIONS)
+        self.turned_ids = np.zeros((len(rows), variants, length), np.int64)  # right-padded
+        self.turned_targets = np.full((len(rows), variants, length), -100, np.int64)
+        self.turned_lengths = np.zeros((len(rows), variants), np.int64)
+        for i, (_, after, answer, kind) in enumerate(rows):
+            for d in range(variants):
+                said = ways[d] if kind == "motion" else answer
+                self.turned_ids[i, d, : len(after) + len(said)] = [*after, *said]
+                # position len(after) - 1 (the last prompt token) predicts the answer's first id
+                self.turned_targets[i, d, len(after) - 1 : len(after) - 1 + len(said)] = said
+                self.turned_lengths[i, d] = len(after) + len(said)
+        own = np.asarray(
+            [
+                td.DIRECTIONS.index(a) if t == "motion" else 0
+                for a, (_, _, _, t) in zip(answers, rows, strict=True)
+            ]
+        )
+        everyone = np.arange(len(rows))
+        self.ids = self.turned_ids[everyone, own]  # each row as asked
+        self.targets = self.turned_targets[everyone, own]
+        self.lengths = self.turned_lengths[everyone, own]
         named = {
             tokenizer.token_to_id(piece)
             for word in (*td.COLOURS, *td.SHAPES)
@@ -352,25 +418,83 @@ class Questions:
     def __len__(self) -> int:
         return len(self.types)
 
-    def batch(self, decoder, visual: np.ndarray, items) -> tuple[torch.Tensor, ...]:
+    def batch(
+        self, decoder, visual: np.ndarray, items, turns: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """inputs_embeds (B, S, H) (system prompt, visual tokens, question and answer, right-
-        padded), next-token targets (B, S) (-100 except at the answer) and the attention mask."""
+        padded), next-token targets (B, S) (-100 except at the answer) and the attention mask.
+        ``turns`` (B,) applies a ``symmetry`` to each row's visual tokens and motion answer."""
         items = np.asarray(items)
-        width = int(self.lengths[items].max())
-        ids = torch.from_numpy(self.ids[items, :width])
+        tokens = visual[self.video[items]]
+        ways = np.where(self.direction[items] >= 0, self.direction[items], 0)
+        if turns is not None:
+            tokens = turn_tokens(tokens, turns)
+            ways = np.where(self.direction[items] >= 0, turn_directions(ways, turns), 0)
+        lengths = self.turned_lengths[items, ways]
+        width = int(lengths.max())
+        ids = torch.from_numpy(self.turned_ids[items, ways, :width])
         count = len(items)
         before = decoder.embed(torch.from_numpy(self.before))[None].expand(count, -1, -1)
-        embeds = torch.cat(
-            [before, torch.from_numpy(visual[self.video[items]]), decoder.embed(ids)], dim=1
-        )
+        embeds = torch.cat([before, torch.from_numpy(tokens), decoder.embed(ids)], dim=1)
         lead = len(self.before) + self.num_visual
         targets = torch.full((count, lead + width), -100, dtype=torch.int64)
-        targets[:, lead:] = torch.from_numpy(self.targets[items, :width])
+        targets[:, lead:] = torch.from_numpy(self.turned_targets[items, ways, :width])
         mask = torch.ones(count, lead + width, dtype=torch.int64)
         mask[:, lead:] = torch.from_numpy(
-            (np.arange(width)[None] < self.lengths[items, None]).astype(np.int64)
+            (np.arange(width)[None] < lengths[:, None]).astype(np.int64)
         )
         return embeds, targets, mask
+
+
+# ------------------------------------------------------------- symmetries of the task's videos
+
+SYMMETRIES = 16  # bits: 1 swap x and y, 2 mirror x, 4 mirror y, 8 play backwards
+STEP = {"still": (0, 0), "left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def _turn_xy(x: np.ndarray, y: np.ndarray, turns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y (B, ...) of a position change under each row's symmetry: swapped, then each
+    negated when mirrored, both negated when played backwards."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    swap = (turns & 1).astype(bool).reshape(shape)
+    x, y = np.where(swap, y, x), np.where(swap, x, y)
+    flip_x = np.where(((turns >> 1) & 1) ^ ((turns >> 3) & 1), -1, 1).reshape(shape)
+    flip_y = np.where(((turns >> 2) & 1) ^ ((turns >> 3) & 1), -1, 1).reshape(shape)
+    return x * flip_x, y * flip_y
+
+
+def turn_directions(ways: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """Direction indices (B,) of DIRECTIONS -> where each object goes in the turned video."""
+    steps = np.asarray([STEP[d] for d in td.DIRECTIONS])[ways]  # (B, 2)
+    x, y = _turn_xy(steps[:, 0], steps[:, 1], turns)
+    lookup = {STEP[d]: k for k, d in enumerate(td.DIRECTIONS)}
+    return np.asarray([lookup[(int(a), int(b))] for a, b in zip(x, y, strict=True)])
+
+
+def turn_tokens(tokens: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """Visual tokens (B, 16 + 2, H) as the turned videos would give them: the area-weighted x and
+    y channels swapped and negated like positions (x and y are centred on the frame, so a mirror
+    negates them; presence and area stay), and backwards: the frames and the two chunks in
+    reverse order, positions unchanged. Channels past ``SUMMARY`` are left as they are."""
+    out = np.array(tokens, np.float32, copy=True)
+    x = out[..., 2 * CLASSES : 3 * CLASSES].copy()
+    y = out[..., 3 * CLASSES : 4 * CLASSES].copy()
+    swap = (turns & 1).astype(bool)[:, None, None]
+    x, y = np.where(swap, y, x), np.where(swap, x, y)
+    mirror_x = np.where((turns >> 1) & 1, -1.0, 1.0)[:, None, None]
+    mirror_y = np.where((turns >> 2) & 1, -1.0, 1.0)[:, None, None]
+    out[..., 2 * CLASSES : 3 * CLASSES] = x * mirror_x
+    out[..., 3 * CLASSES : 4 * CLASSES] = y * mirror_y
+    back = ((turns >> 3) & 1).astype(bool)
+    frames, chunks = out[back, :FRAMES], out[back, FRAMES:]
+    out[back] = np.concatenate([frames[:, ::-1], chunks[:, ::-1]], axis=1)
+    return out
+
+
+def turn_moves(moved: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """``displacements`` rows (B, 2 * CLASSES) under each row's symmetry."""
+    x, y = _turn_xy(moved[:, :CLASSES], moved[:, CLASSES:], turns)
+    return np.concatenate([x, y], axis=1).astype(np.float32)
 
 
 def attention_log_probs(decoder, hidden: torch.Tensor, head: int, layer: int = 0) -> torch.Tensor:
@@ -471,7 +595,10 @@ def train_decoder(
     (``frames_read_loss``); and linear read-outs (dropped after training) from that position:
     every class's displacement after layer 0, and for motion questions the named object's
     displacement and its direction (cross-entropy over DIRECTIONS) after layer 1. The direction
-    read-out took motion on ideal tokens from 0.65 to 0.81 in 3000 steps."""
+    read-out took motion on ideal tokens from 0.65 to 0.81 in 3000 steps. With
+    ``steps.symmetries`` every drawn question comes with one of the ``SYMMETRIES`` (its tokens,
+    answer and read-out targets turned alike); ``steps.frame_layers`` 2 also has layer 1's heads
+    2 and 3 read the first and last frames."""
     decoder = model.decoder
     probe = nn.Linear(decoder.cfg.hidden_size, moved.shape[-1])  # read-outs dropped after
     asked_probe = nn.Linear(decoder.cfg.hidden_size, 2)  # training
@@ -496,7 +623,11 @@ def train_decoder(
     draw /= draw.sum()
     for step in range(steps.decoder_steps):
         items = rng.choice(len(questions), steps.decoder_batch, p=draw)
-        embeds, targets, mask = questions.batch(decoder, visual, items)
+        turns = (  # the draw only when asked: the rng stream stays the recipe's without
+            rng.integers(0, SYMMETRIES, len(items)) if steps.symmetries else np.zeros_like(items)
+        )
+        embeds, targets, mask = questions.batch(decoder, visual, items, turns)
+        seen_moves = turn_moves(moved[questions.video[items]], turns)
         if steps.token_noise:  # the towers' tokens of a video differ a little every time
             first = len(questions.before)
             seen = embeds[:, first : first + questions.num_visual]
@@ -506,12 +637,12 @@ def train_decoder(
         logits = decoder_logits(decoder, embeds, mask)
         ask = torch.from_numpy(questions.prompt_lengths[items]) - 1 + lead
         after0 = layer0[0][torch.arange(len(items)), ask]  # (B, H) after layer 0
-        move = F.mse_loss(probe(after0), torch.from_numpy(moved[questions.video[items]]))
+        move = F.mse_loss(probe(after0), torch.from_numpy(seen_moves))
         # after layer 1, the named object's own move (motion questions): x and y
         which = questions.asked[items]
         motion = torch.from_numpy(which >= 0)
         if motion.any():
-            rows = moved[questions.video[items][which >= 0]]  # (M, 2 * CLASSES)
+            rows = seen_moves[which >= 0]  # (M, 2 * CLASSES)
             picked = which[which >= 0]
             own = np.stack(
                 [
@@ -522,16 +653,18 @@ def train_decoder(
             )
             after1 = layer1[0][torch.arange(len(items)), ask][motion]
             move = move + F.mse_loss(asked_probe(after1), torch.from_numpy(own))
-            way = torch.from_numpy(questions.direction[items][which >= 0])
+            way = turn_directions(questions.direction[items][which >= 0], turns[which >= 0])
+            way = torch.from_numpy(way)
             move = move + DIRECTION_WEIGHT * F.cross_entropy(direction_probe(after1), way)
         answer_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         read = question_word_loss(attention_log_probs(decoder, embeds, 1), questions, items, lead)
-        then = frames_read_loss(
-            attention_log_probs(decoder, embeds, 2), questions, items, lead, early
-        )
-        now = frames_read_loss(
-            attention_log_probs(decoder, embeds, 3), questions, items, lead, late
-        )
+        then, now = 0.0, 0.0
+        for layer in range(steps.frame_layers):  # heads 2 and 3 of layers 0, 1, ...
+            hidden = embeds if layer == 0 else (layer0, layer1)[layer - 1][0]
+            log_probs = attention_log_probs(decoder, hidden, 2, layer)
+            then = then + frames_read_loss(log_probs, questions, items, lead, early)
+            log_probs = attention_log_probs(decoder, hidden, 3, layer)
+            now = now + frames_read_loss(log_probs, questions, items, lead, late)
         loss = answer_loss + read + then + now + move
         _step(opt, loss, lr_at(step, steps.decoder_steps, steps.decoder_lr), params)
         if step % 500 == 499 or step == 0 or step == steps.decoder_steps - 1:
@@ -581,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="reuse OUT/towers.pt: train the decoder only"
     )
     tunable = {"clip_steps": int, "mamba_steps": int, "decoder_steps": int,
-               "motion_weight": float, "token_noise": float}  # fmt: skip
+               "motion_weight": float, "token_noise": float, "symmetries": int,
+               "frame_layers": int}  # fmt: skip
     for name, kind in tunable.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
     args = parser.parse_args(argv)
@@ -634,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"held-out video tokens: {json.dumps(token_report(val_video, truth))}")
             visual = np.concatenate([image, video], axis=1)  # (N, 18, H), the runtime's order
             val_visual = np.concatenate([val_image, val_video], axis=1)
+            probe = motion_probe((visual, data.directions), (val_visual, val.directions))
+            log(f"motion from the named class's first/last image tokens: {json.dumps(probe)}")
             state = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
             torch.save(
                 {

@@ -107,8 +107,72 @@ def test_question_rows_are_the_runtime_prompt(toy_rows):
         assert [full[p + 1] for p in where] == answer == got[where].tolist()
 
 
+def _turned_cover(cover: np.ndarray, turn: int) -> np.ndarray:
+    """(F, side, side, 13) cover of the video turned by ``turn`` (toy_train.SYMMETRIES' bits),
+    made from the pixels' grid itself: rows are y, columns x, the first axis time."""
+    if turn & 1:
+        cover = cover.transpose(0, 2, 1, 3)
+    if turn & 2:
+        cover = cover[:, :, ::-1]
+    if turn & 4:
+        cover = cover[:, ::-1]
+    if turn & 8:
+        cover = cover[::-1]
+    return np.ascontiguousarray(cover)
+
+
+@pytest.mark.parametrize("turn", range(T.SYMMETRIES))
+def test_symmetries_match_turned_videos(toy_rows, turn):
+    """Each symmetry the decoder trains on, applied to ideal tokens, direction answers and
+    displacement targets, against the same computed from the turned cover grid of the video;
+    and the rows it gives answer motion questions with the turned direction."""
+    data, tokenizer, model, questions = toy_rows
+    for v in range(len(data)):
+        cover = np.asarray(data.arrays["clip_cover"][v], np.float32)
+        turned = _turned_cover(cover, turn)
+        ideal = np.zeros((1, 18, 128), np.float32)
+        ideal[0, :16, :SUMMARY] = summary(cover)
+        ideal[0, 16:, :SUMMARY] = [summary(cover[:8]).mean(0), summary(cover[8:]).mean(0)]
+        got = T.turn_tokens(ideal, np.asarray([turn]))[0]
+        np.testing.assert_allclose(got[:16, :SUMMARY], summary(turned), atol=1e-5)
+        expected_chunks = [summary(turned[:8]).mean(0), summary(turned[8:]).mean(0)]
+        np.testing.assert_allclose(got[16:, :SUMMARY], expected_chunks, atol=1e-5)
+        moved = T.displacements(summary(cover)[None])
+        np.testing.assert_allclose(
+            T.turn_moves(moved, np.asarray([turn])),
+            T.displacements(summary(turned)[None]),
+            atol=1e-5,
+        )
+        # the true direction of each object, turned, against the sign of its turned move
+        for c in np.flatnonzero(data.directions[v] >= 0):
+            way = T.turn_directions(np.asarray([data.directions[v][c]]), np.asarray([turn]))[0]
+            dx, dy = T.displacements(summary(turned)[None])[0, [c - 1, CLASSES + c - 1]]
+            step = T.STEP[td.DIRECTIONS[way]]
+            if step == (0, 0):
+                assert abs(dx) < 1e-3 and abs(dy) < 1e-3
+            else:  # the move is along the turned direction (other objects may cover it a bit)
+                along = dx * step[0] + dy * step[1]
+                across = abs(dx * step[1]) + abs(dy * step[0])
+                assert along > 0 and along > 3 * across, (v, c, turn, dx, dy)
+    items = np.arange(len(questions))
+    visual = np.zeros((len(data), 18, 128), np.float32)
+    _, targets, _ = questions.batch(model.decoder, visual, items, np.full(len(items), turn))
+    end = tokenizer.token_to_id("<|im_end|>")
+    for row, i in enumerate(items):
+        asked = [q for qs in data.questions for q in qs][i]
+        answer = asked.answer
+        if asked.type == "motion":
+            way = td.DIRECTIONS.index(answer)
+            answer = td.DIRECTIONS[T.turn_directions(np.asarray([way]), np.asarray([turn]))[0]]
+        expected = [*tokenizer.encode(answer, add_special_tokens=False).ids, end]
+        assert targets[row][targets[row] >= 0].tolist() == expected
+
+
 @pytest.mark.parametrize("head", [0, 1, 2])
-def test_layer0_attention_is_the_decoders_own(toy_rows, monkeypatch, head):
+@pytest.mark.parametrize("layer", [0, 1])
+def test_layer_attention_is_the_decoders_own(toy_rows, monkeypatch, head, layer):
+    """attention_log_probs of layers 0 and 1 (``frame_layers``) against the probabilities the
+    decoder itself computes, and the losses that read them."""
     data, _, model, questions = toy_rows
     torch.manual_seed(0)
     for p in model.decoder.parameters():
@@ -119,20 +183,23 @@ def test_layer0_attention_is_the_decoders_own(toy_rows, monkeypatch, head):
     seen = []
     original = qwen2.grouped_attention
 
-    def spy(q, k, v, bias):  # the probabilities the decoder computes in layer 0
-        if not seen:
-            kv = head // (q.shape[1] // k.shape[1])
-            scores = q[:, head] @ k[:, kv].transpose(-1, -2) * q.shape[-1] ** -0.5
-            seen.append(torch.softmax(scores + bias[:, 0, 0], -1))
+    def spy(q, k, v, bias):  # the probabilities the decoder computes, layer by layer
+        kv = head // (q.shape[1] // k.shape[1])
+        scores = q[:, head] @ k[:, kv].transpose(-1, -2) * q.shape[-1] ** -0.5
+        seen.append(torch.softmax(scores + bias[:, 0, 0], -1))
         return original(q, k, v, bias)
 
+    inputs = [embeds]
+    hook = model.decoder.layers[0].register_forward_hook(lambda _m, _i, o: inputs.append(o[0]))
     monkeypatch.setattr(qwen2, "grouped_attention", spy)
     with torch.no_grad():
         T.decoder_logits(model.decoder, embeds, mask)
-        log_probs = T.attention_log_probs(model.decoder, embeds, head)
+        hook.remove()
+        log_probs = T.attention_log_probs(model.decoder, inputs[layer], head, layer)
+    seen = seen[layer:]
     length = int(mask[0].sum())  # row 0 is the longest or equal: compare its real tokens
     diff = (log_probs.exp() - seen[0])[:, :length, :length].abs().max().item()
-    print(f"head {head}: max |ours - decoder's| attention probability {diff:.2e}")
+    print(f"layer {layer} head {head}: max |ours - decoder's| attention probability {diff:.2e}")
     assert diff < 1e-5
     start = len(questions.before)
     lead = start + 18
@@ -206,3 +273,38 @@ def test_token_report_and_patch_centres():
     s = summary(one)
     assert np.isclose(s[2 * CLASSES] / s[CLASSES], xs[2, 5])
     assert np.isclose(s[3 * CLASSES] / s[CLASSES], ys[2, 5])
+
+
+def test_motion_probe_reads_the_named_class():
+    """named_channels picks each object's own class channels from the first and last four image
+    tokens; motion_probe learns directions that those channels carry and not ones they lack."""
+    rng = np.random.default_rng(0)
+    videos = 300
+    directions = np.full((videos, td.NUM_CLASSES), -1)
+    visual = rng.standard_normal((videos, 18, 128)).astype(np.float32) * 0.01
+    step = np.asarray([T.STEP[d] for d in td.DIRECTIONS], np.float32)
+    for v in range(videos):
+        for c in rng.choice(np.arange(1, td.NUM_CLASSES), 2, replace=False):
+            way = int(rng.integers(0, len(td.DIRECTIONS)))
+            directions[v, c] = way
+            k = c - 1
+            start = rng.uniform(-0.5, 0.5, 2)
+            for f in range(16):  # position moves along the direction over the frames
+                x, y = start + step[way] * f / 15.0
+                visual[v, f, [k, CLASSES + k, 2 * CLASSES + k, 3 * CLASSES + k]] = [4, 1, x, y]
+    rows, ways = T.named_channels(visual, directions)
+    assert rows.shape == (2 * videos, 8) and ways.shape == (2 * videos,)
+    v, c = 0, int(np.flatnonzero(directions[0] >= 0)[0])
+    k = c - 1
+    first = visual[v, :4][:, [2 * CLASSES + k, 3 * CLASSES + k, CLASSES + k, k]].mean(0)
+    np.testing.assert_allclose(rows[0, :4], first)
+    assert ways[0] == directions[0, c]
+    split = (visual[:200], directions[:200]), (visual[200:], directions[200:])
+    carried = T.motion_probe(*split, steps=300)
+    shuffled = directions.copy()
+    shuffled[shuffled >= 0] = rng.permutation(shuffled[shuffled >= 0])
+    lacking = T.motion_probe(
+        (visual[:200], shuffled[:200]), (visual[200:], shuffled[200:]), steps=300
+    )
+    print("probe on carried / shuffled directions:", carried, lacking)
+    assert carried["held_out"] > 0.95 and lacking["held_out"] < 0.4
