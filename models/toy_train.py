@@ -386,12 +386,14 @@ class Questions:
                 # position len(after) - 1 (the last prompt token) predicts the answer's first id
                 self.turned_targets[i, d, len(after) - 1 : len(after) - 1 + len(said)] = said
                 self.turned_lengths[i, d] = len(after) + len(said)
-        own = np.asarray(
+        self.types = [r[3] for r in rows]
+        self.direction = np.asarray(  # the motion answer's index in DIRECTIONS, -1 otherwise
             [
-                td.DIRECTIONS.index(a) if t == "motion" else 0
-                for a, (_, _, _, t) in zip(answers, rows, strict=True)
+                td.DIRECTIONS.index(a) if t == "motion" else -1
+                for a, t in zip(answers, self.types, strict=True)
             ]
         )
+        own = np.maximum(self.direction, 0)  # other rows: every variant is the row as asked
         everyone = np.arange(len(rows))
         self.ids = self.turned_ids[everyone, own]  # each row as asked
         self.targets = self.turned_targets[everyone, own]
@@ -406,13 +408,6 @@ class Questions:
         self.prompt_lengths = np.asarray([len(r[1]) for r in rows], np.int64)  # ids after visual
         self.video = np.asarray([r[0] for r in rows], np.int64)
         self.asked = np.asarray([asked_class(r[3], q) for r, q in zip(rows, texts, strict=True)])
-        self.types = [r[3] for r in rows]
-        self.direction = np.asarray(  # the motion answer's index in DIRECTIONS, -1 otherwise
-            [
-                td.DIRECTIONS.index(a) if t == "motion" else -1
-                for a, t in zip(answers, self.types, strict=True)
-            ]
-        )
         self.num_visual = num_visual
 
     def __len__(self) -> int:
@@ -426,10 +421,10 @@ class Questions:
         ``turns`` (B,) applies a ``symmetry`` to each row's visual tokens and motion answer."""
         items = np.asarray(items)
         tokens = visual[self.video[items]]
-        ways = np.where(self.direction[items] >= 0, self.direction[items], 0)
+        ways = np.maximum(self.direction[items], 0)  # 0 (still) turns into itself
         if turns is not None:
             tokens = turn_tokens(tokens, turns)
-            ways = np.where(self.direction[items] >= 0, turn_directions(ways, turns), 0)
+            ways = turn_directions(ways, turns)
         lengths = self.turned_lengths[items, ways]
         width = int(lengths.max())
         ids = torch.from_numpy(self.turned_ids[items, ways, :width])
@@ -477,14 +472,10 @@ def turn_tokens(tokens: np.ndarray, turns: np.ndarray) -> np.ndarray:
     negates them; presence and area stay), and backwards: the frames and the two chunks in
     reverse order, positions unchanged. Channels past ``SUMMARY`` are left as they are."""
     out = np.array(tokens, np.float32, copy=True)
-    x = out[..., 2 * CLASSES : 3 * CLASSES].copy()
-    y = out[..., 3 * CLASSES : 4 * CLASSES].copy()
-    swap = (turns & 1).astype(bool)[:, None, None]
-    x, y = np.where(swap, y, x), np.where(swap, x, y)
-    mirror_x = np.where((turns >> 1) & 1, -1.0, 1.0)[:, None, None]
-    mirror_y = np.where((turns >> 2) & 1, -1.0, 1.0)[:, None, None]
-    out[..., 2 * CLASSES : 3 * CLASSES] = x * mirror_x
-    out[..., 3 * CLASSES : 4 * CLASSES] = y * mirror_y
+    x, y = _turn_xy(  # a position, unlike a move, keeps its sign when played backwards
+        out[..., 2 * CLASSES : 3 * CLASSES], out[..., 3 * CLASSES : 4 * CLASSES], turns & 7
+    )
+    out[..., 2 * CLASSES : 3 * CLASSES], out[..., 3 * CLASSES : 4 * CLASSES] = x, y
     back = ((turns >> 3) & 1).astype(bool)
     frames, chunks = out[back, :FRAMES], out[back, FRAMES:]
     out[back] = np.concatenate([frames[:, ::-1], chunks[:, ::-1]], axis=1)
