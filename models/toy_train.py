@@ -84,6 +84,8 @@ class Steps(argparse.Namespace):
     motion_weight = 1.0  # how much likelier a motion question is to be drawn than another
     symmetries = 0  # 1: train on the videos' mirrored, transposed and reversed tokens too
     frame_layers = 1  # the decoder layers (from 0) whose heads 2 and 3 read the first/last frames
+    word_heads = 1  # 2: layer-0 head 0 reads the question's colour word, head 1 its shape word
+    early_pick = 0  # 1: also read the named object's move out after layer 0 (not only 1)
     token_noise = 0.0  # std of fresh Gaussian noise added to the visual tokens at every step
 
 
@@ -398,13 +400,18 @@ class Questions:
         self.ids = self.turned_ids[everyone, own]  # each row as asked
         self.targets = self.turned_targets[everyone, own]
         self.lengths = self.turned_lengths[everyone, own]
-        named = {
-            tokenizer.token_to_id(piece)
-            for word in (*td.COLOURS, *td.SHAPES)
-            for piece in tokenizer.encode(" " + word, add_special_tokens=False).tokens
-        }
+
+        def pieces(words) -> list[int]:
+            return [
+                tokenizer.token_to_id(piece)
+                for word in words
+                for piece in tokenizer.encode(" " + word, add_special_tokens=False).tokens
+            ]
+
         prompt = np.arange(length)[None] < np.asarray([len(r[1]) for r in rows])[:, None]
-        self.words = np.isin(self.ids, list(named)) & prompt  # the question's colour/shape words
+        self.colour_words = np.isin(self.ids, pieces(td.COLOURS)) & prompt  # the question's
+        self.shape_words = np.isin(self.ids, pieces(td.SHAPES)) & prompt  # named colour, shape
+        self.words = self.colour_words | self.shape_words
         self.prompt_lengths = np.asarray([len(r[1]) for r in rows], np.int64)  # ids after visual
         self.video = np.asarray([r[0] for r in rows], np.int64)
         self.asked = np.asarray([asked_class(r[3], q) for r, q in zip(rows, texts, strict=True)])
@@ -523,12 +530,16 @@ def frames_read_loss(
     return -torch.logsumexp(rows, -1).mean()
 
 
-def question_word_loss(log_probs: torch.Tensor, questions, items, lead: int) -> torch.Tensor:
+def question_word_loss(
+    log_probs: torch.Tensor, questions, items, lead: int, words: np.ndarray | None = None
+) -> torch.Tensor:
     """Teach a layer-0 head to let the last prompt position (the one that predicts the answer)
-    read the question's colour and shape words: minus the log of the attention mass on them,
-    over the questions that name one (not "How many")."""
+    read the question's colour and shape words (or the ``words`` mask given, (N, S) over the
+    ids after the visual tokens): minus the log of the attention mass on them, over the
+    questions that have one (not "How many")."""
     width = log_probs.shape[-1] - lead  # this batch's ids after the visual tokens
-    words = torch.from_numpy(questions.words[items, :width])  # (B, width)
+    words = questions.words if words is None else words
+    words = torch.from_numpy(words[items, :width])  # (B, width)
     named = words.any(1)
     if not named.any():
         return log_probs.new_zeros(())
@@ -589,16 +600,22 @@ def train_decoder(
     read-out took motion on ideal tokens from 0.65 to 0.81 in 3000 steps. With
     ``steps.symmetries`` every drawn question comes with one of the ``SYMMETRIES`` (its tokens,
     answer and read-out targets turned alike); ``steps.frame_layers`` 2 also has layer 1's heads
-    2 and 3 read the first and last frames."""
+    2 and 3 read the first and last frames. ``steps.word_heads`` 2 splits the question-word read:
+    head 0 the colour word, head 1 the shape word (with one head for both, head 1 settled on the
+    shape word, nothing read the colour, and motion confused objects of the same shape: 214 of
+    279 confusions); ``steps.early_pick`` 1 reads the named object's move out after layer 0 too."""
     decoder = model.decoder
     probe = nn.Linear(decoder.cfg.hidden_size, moved.shape[-1])  # read-outs dropped after
     asked_probe = nn.Linear(decoder.cfg.hidden_size, 2)  # training
     direction_probe = nn.Linear(decoder.cfg.hidden_size, len(td.DIRECTIONS))
+    # made only when asked: torch's random stream stays the recipe's without
+    early_probe = nn.Linear(decoder.cfg.hidden_size, 2) if steps.early_pick else None
     params = [
         *decoder.parameters(),
         *probe.parameters(),
         *asked_probe.parameters(),
         *direction_probe.parameters(),
+        *(early_probe.parameters() if early_probe is not None else ()),
     ]
     opt = torch.optim.AdamW(params, lr=steps.decoder_lr, weight_decay=0.01)
     lead = len(questions.before) + questions.num_visual  # the first id after the visual tokens
@@ -644,11 +661,25 @@ def train_decoder(
             )
             after1 = layer1[0][torch.arange(len(items)), ask][motion]
             move = move + F.mse_loss(asked_probe(after1), torch.from_numpy(own))
+            if early_probe is not None:  # layer 0's MLP picks the named class's move
+                guess = early_probe(after0[motion])
+                move = move + F.mse_loss(guess, torch.from_numpy(own))
             way = turn_directions(questions.direction[items][which >= 0], turns[which >= 0])
             way = torch.from_numpy(way)
             move = move + DIRECTION_WEIGHT * F.cross_entropy(direction_probe(after1), way)
         answer_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        read = question_word_loss(attention_log_probs(decoder, embeds, 1), questions, items, lead)
+        if steps.word_heads == 2:  # head 0 reads the colour, head 1 the shape
+            read = question_word_loss(
+                attention_log_probs(decoder, embeds, 0), questions, items, lead,
+                questions.colour_words,
+            ) + question_word_loss(
+                attention_log_probs(decoder, embeds, 1), questions, items, lead,
+                questions.shape_words,
+            )  # fmt: skip
+        else:  # head 1 reads both (it may settle on one: motion then confuses the objects)
+            read = question_word_loss(
+                attention_log_probs(decoder, embeds, 1), questions, items, lead
+            )
         then, now = 0.0, 0.0
         for layer in range(steps.frame_layers):  # heads 2 and 3 of layers 0, 1, ...
             hidden = embeds if layer == 0 else (layer0, layer1)[layer - 1][0]
@@ -706,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tunable = {"clip_steps": int, "mamba_steps": int, "decoder_steps": int,
                "motion_weight": float, "token_noise": float, "symmetries": int,
-               "frame_layers": int}  # fmt: skip
+               "frame_layers": int, "word_heads": int, "early_pick": int}  # fmt: skip
     for name, kind in tunable.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
     args = parser.parse_args(argv)
