@@ -620,6 +620,11 @@ def train_decoder(
     opt = torch.optim.AdamW(params, lr=steps.decoder_lr, weight_decay=0.01)
     lead = len(questions.before) + questions.num_visual  # the first id after the visual tokens
     early, late = range(EDGE_FRAMES), range(FRAMES - EDGE_FRAMES, FRAMES)
+    word_reads = (  # (layer-0 head, the question words it reads); None: colour and shape
+        ((0, questions.colour_words), (1, questions.shape_words))
+        if steps.word_heads == 2
+        else ((1, None),)  # one head for both may settle on one (motion then confuses objects)
+    )
     layer0: list[torch.Tensor] = []
     layer1: list[torch.Tensor] = []
     hooks = [
@@ -668,18 +673,10 @@ def train_decoder(
             way = torch.from_numpy(way)
             move = move + DIRECTION_WEIGHT * F.cross_entropy(direction_probe(after1), way)
         answer_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        if steps.word_heads == 2:  # head 0 reads the colour, head 1 the shape
-            read = question_word_loss(
-                attention_log_probs(decoder, embeds, 0), questions, items, lead,
-                questions.colour_words,
-            ) + question_word_loss(
-                attention_log_probs(decoder, embeds, 1), questions, items, lead,
-                questions.shape_words,
-            )  # fmt: skip
-        else:  # head 1 reads both (it may settle on one: motion then confuses the objects)
-            read = question_word_loss(
-                attention_log_probs(decoder, embeds, 1), questions, items, lead
-            )
+        read = sum(
+            question_word_loss(attention_log_probs(decoder, embeds, h), questions, items, lead, w)
+            for h, w in word_reads
+        )
         then, now = 0.0, 0.0
         for layer in range(steps.frame_layers):  # heads 2 and 3 of layers 0, 1, ...
             hidden = embeds if layer == 0 else (layer0, layer1)[layer - 1][0]

@@ -327,16 +327,16 @@ def test_word_heads_learn_where_to_read(toy_rows, word_heads):
     and motion questions confused objects of the same shape)."""
     data, tokenizer, _, questions = toy_rows
     model = T.new_model(tokenizer.get_vocab_size(), 0)
-    visual = 0.1 * np.random.default_rng(0).standard_normal((len(data), 18, 128))
+    visual = 0.1 * np.random.default_rng(0).standard_normal((len(data), 18, 128), np.float32)
     moved = np.zeros((len(data), 2 * CLASSES), np.float32)
     steps = T.Steps()
     steps.decoder_steps, steps.decoder_batch, steps.word_heads = 60, 16, word_heads
     rng = np.random.default_rng(0)
-    T.train_decoder(model, questions, visual.astype(np.float32), moved, steps, rng, lambda _: None)
+    T.train_decoder(model, questions, visual, moved, steps, rng, lambda _: None)
     items = np.flatnonzero(questions.direction >= 0)  # motion questions name a colour and a shape
     assert len(items) and questions.colour_words[items].any(1).all()
     with torch.no_grad():
-        embeds, _, _ = questions.batch(model.decoder, visual.astype(np.float32), items)
+        embeds, _, _ = questions.batch(model.decoder, visual, items)
         lead = len(questions.before) + questions.num_visual
 
         def mass(head, words):  # geometric mean over the questions of the attention mass
