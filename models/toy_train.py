@@ -68,6 +68,8 @@ MOVE = 3.0  # scales the summaries' position change over the clip towards 1
 PRESENT_LOW = 0.02  # presence targets 0.02 / 0.98: logits near -+3.9, not growing without end
 KEEP_POSITION = 10.0  # weight of keep_position_loss
 DIRECTION_WEIGHT = 1.0  # weight of the named object's direction read-out after decoder layer 1
+DECODER_SEED = 1  # the decoder's torch stream is seeded seed + this (its init, then its stage)
+TOWERS_SEED = 2  # and the towers' training's (their read-outs' init) seed + this
 
 
 class Steps(argparse.Namespace):
@@ -83,9 +85,10 @@ class Steps(argparse.Namespace):
     decoder_lr = 3e-3
     motion_weight = 1.0  # how much likelier a motion question is to be drawn than another
     symmetries = 0  # 1: train on the videos' mirrored, transposed and reversed tokens too
-    frame_layers = 1  # the decoder layers (from 0) whose heads 2 and 3 read the first/last frames
+    frame_layers = 1  # the decoder layers (from 0) whose frame_heads read the first/last frames
     word_heads = 1  # 2: layer-0 head 0 reads the question's colour word, head 1 its shape word
     early_pick = 0  # 1: also read the named object's move out after layer 0 (not only 1)
+    presence_read = 0  # 1: also read out after layer 0 which classes the video shows (count)
     token_noise = 0.0  # std of fresh Gaussian noise added to the visual tokens at every step
 
 
@@ -97,16 +100,18 @@ def lr_at(step: int, total: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def new_model(vocab_size: int, seed: int) -> MobileVideoGPT:
+def new_model(vocab_size: int, seed: int, size: ToySize | None = None) -> MobileVideoGPT:
     """The toy-size reference model, freshly initialised from ``seed`` (GPT-style decoder)."""
     torch.manual_seed(seed)
-    model = MobileVideoGPT(toy_config(vocab_size, ToySize()))
-    for module in model.decoder.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    nn.init.normal_(model.decoder.embed_tokens.weight, std=0.02)
+    model = MobileVideoGPT(toy_config(vocab_size, size or ToySize()))  # the decoder made last
+    with torch.random.fork_rng():  # its own stream: the towers' training is the same whatever
+        torch.manual_seed(seed + DECODER_SEED)  # the decoder's size
+        for module in model.decoder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(model.decoder.embed_tokens.weight, std=0.02)
     return model
 
 
@@ -414,6 +419,8 @@ class Questions:
         self.words = self.colour_words | self.shape_words
         self.prompt_lengths = np.asarray([len(r[1]) for r in rows], np.int64)  # ids after visual
         self.video = np.asarray([r[0] for r in rows], np.int64)
+        # per video: which classes it shows (index 0 of directions is the background)
+        self.shown = (np.asarray(data.directions)[:, 1:] >= 0).astype(np.float32)
         self.asked = np.asarray([asked_class(r[3], q) for r, q in zip(rows, texts, strict=True)])
         self.num_visual = num_visual
 
@@ -495,24 +502,37 @@ def turn_moves(moved: np.ndarray, turns: np.ndarray) -> np.ndarray:
     return np.concatenate([x, y], axis=1).astype(np.float32)
 
 
-def attention_log_probs(decoder, hidden: torch.Tensor, head: int, layer: int = 0) -> torch.Tensor:
+def attention_log_probs(decoder, hidden: torch.Tensor, head, layer: int = 0) -> torch.Tensor:
     """log attention probabilities (B, S, S) of ``head`` in decoder layer ``layer`` whose input
     is ``hidden`` (the embeddings for layer 0), computed as the decoder computes them (RoPE,
-    GQA head sharing, causal mask)."""
+    GQA head sharing, causal mask); for a list of heads, (B, len(head), S, S) in one pass (the
+    norm and the projections computed once)."""
+    heads = [head] if isinstance(head, int) else list(head)
     block = decoder.layers[layer]
     attn = block.self_attn
     x = block.input_layernorm(hidden)
     batch, length, _ = x.shape
     hd = attn.head_dim
-    kv = head // (attn.num_heads // attn.num_kv_heads)
-    q = attn.q_proj(x)[..., head * hd : (head + 1) * hd].view(batch, 1, length, hd)
-    k = attn.k_proj(x)[..., kv * hd : (kv + 1) * hd].view(batch, 1, length, hd)
+    group = attn.num_heads // attn.num_kv_heads
+    q = attn.q_proj(x).view(batch, length, attn.num_heads, hd)[:, :, heads].transpose(1, 2)
+    k = attn.k_proj(x).view(batch, length, attn.num_kv_heads, hd)
+    k = k[:, :, [h // group for h in heads]].transpose(1, 2)
     positions = torch.arange(length)[None].expand(batch, -1)
     cos, sin = qwen2.rotary_cos_sin(positions, hd, decoder.cfg.rope_theta, x.dtype)
-    q, k = qwen2.apply_rotary(q, cos, sin)[:, 0], qwen2.apply_rotary(k, cos, sin)[:, 0]
-    scores = q @ k.transpose(-1, -2) * hd**-0.5  # (B, S, S)
+    q, k = qwen2.apply_rotary(q, cos, sin), qwen2.apply_rotary(k, cos, sin)
+    scores = q @ k.transpose(-1, -2) * hd**-0.5  # (B, heads, S, S)
     causal = torch.ones(length, length, dtype=torch.bool).tril()
-    return F.log_softmax(scores.masked_fill(~causal, float("-inf")), -1)
+    log_probs = F.log_softmax(scores.masked_fill(~causal, float("-inf")), -1)
+    return log_probs[:, 0] if isinstance(head, int) else log_probs
+
+
+def frame_heads(num_heads: int) -> tuple[list[int], list[int]]:
+    """The heads of a layer that read the first and the last frames: after the two question-word
+    heads (0 and 1), the rest in two halves (4 heads: [2] and [3]; 8: [2, 3, 4] and [5, 6, 7])."""
+    half = (num_heads - 2) // 2
+    if half < 1:
+        raise ValueError(f"the toy decoder needs at least 4 attention heads, got {num_heads}")
+    return list(range(2, 2 + half)), list(range(2 + half, 2 + 2 * half))
 
 
 def frames_read_loss(
@@ -610,12 +630,14 @@ def train_decoder(
     direction_probe = nn.Linear(decoder.cfg.hidden_size, len(td.DIRECTIONS))
     # made only when asked: torch's random stream stays the recipe's without
     early_probe = nn.Linear(decoder.cfg.hidden_size, 2) if steps.early_pick else None
+    shown_probe = nn.Linear(decoder.cfg.hidden_size, CLASSES) if steps.presence_read else None
     params = [
         *decoder.parameters(),
         *probe.parameters(),
         *asked_probe.parameters(),
         *direction_probe.parameters(),
         *(early_probe.parameters() if early_probe is not None else ()),
+        *(shown_probe.parameters() if shown_probe is not None else ()),
     ]
     opt = torch.optim.AdamW(params, lr=steps.decoder_lr, weight_decay=0.01)
     lead = len(questions.before) + questions.num_visual  # the first id after the visual tokens
@@ -651,6 +673,9 @@ def train_decoder(
         ask = torch.from_numpy(questions.prompt_lengths[items]) - 1 + lead
         after0 = layer0[0][torch.arange(len(items)), ask]  # (B, H) after layer 0
         move = F.mse_loss(probe(after0), torch.from_numpy(seen_moves))
+        if shown_probe is not None:  # every class's presence in the video (a count's terms)
+            truth = torch.from_numpy(questions.shown[questions.video[items]])
+            move = move + F.binary_cross_entropy_with_logits(shown_probe(after0), truth)
         # after layer 1, the named object's own move (motion questions): x and y
         which = questions.asked[items]
         motion = torch.from_numpy(which >= 0)
@@ -673,17 +698,22 @@ def train_decoder(
             way = torch.from_numpy(way)
             move = move + DIRECTION_WEIGHT * F.cross_entropy(direction_probe(after1), way)
         answer_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        read = sum(
-            question_word_loss(attention_log_probs(decoder, embeds, h), questions, items, lead, w)
-            for h, w in word_reads
-        )
+        firsts, lasts = frame_heads(decoder.cfg.num_attention_heads)
         then, now = 0.0, 0.0
-        for layer in range(steps.frame_layers):  # heads 2 and 3 of layers 0, 1, ...
+        for layer in range(steps.frame_layers):  # the frame heads of layers 0, 1, ...
             hidden = embeds if layer == 0 else (layer0, layer1)[layer - 1][0]
-            log_probs = attention_log_probs(decoder, hidden, 2, layer)
-            then = then + frames_read_loss(log_probs, questions, items, lead, early)
-            log_probs = attention_log_probs(decoder, hidden, 3, layer)
-            now = now + frames_read_loss(log_probs, questions, items, lead, late)
+            words = [h for h, _ in word_reads] if layer == 0 else []
+            log_probs = attention_log_probs(decoder, hidden, words + firsts + lasts, layer)
+            if layer == 0:
+                read = sum(
+                    question_word_loss(log_probs[:, i], questions, items, lead, w)
+                    for i, (_, w) in enumerate(word_reads)
+                )
+            for i in range(len(firsts)):
+                at = len(words) + i
+                then = then + frames_read_loss(log_probs[:, at], questions, items, lead, early)
+                at = len(words) + len(firsts) + i
+                now = now + frames_read_loss(log_probs[:, at], questions, items, lead, late)
         loss = answer_loss + read + then + now + move
         _step(opt, loss, lr_at(step, steps.decoder_steps, steps.decoder_lr), params)
         if step % 500 == 499 or step == 0 or step == steps.decoder_steps - 1:
@@ -734,10 +764,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     tunable = {"clip_steps": int, "mamba_steps": int, "decoder_steps": int,
                "motion_weight": float, "token_noise": float, "symmetries": int,
-               "frame_layers": int, "word_heads": int, "early_pick": int}  # fmt: skip
+               "frame_layers": int, "word_heads": int, "early_pick": int,
+               "presence_read": int}  # fmt: skip
+    sizes = {"heads": "num_attention_heads", "kv_heads": "num_key_value_heads"}  # ToySize's
+    for name in sizes:
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, dest=name)
     for name, kind in tunable.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
     args = parser.parse_args(argv)
+    size = ToySize(**{f: getattr(args, a) for a, f in sizes.items() if getattr(args, a)})
+    heads, kv = size.num_attention_heads, size.num_key_value_heads
+    if heads < 4 or heads % kv or size.hidden_size % heads:
+        parser.error(f"--heads {heads} --kv-heads {kv}: the decoder needs at least 4 heads, a "
+                     f"multiple of the kv heads, dividing hidden {size.hidden_size}")  # fmt: skip
+    if (args.frame_layers or 1) < 1:
+        parser.error("--frame-layers must be at least 1")
     steps = Steps()
     for name in tunable:
         if getattr(args, name) is not None:
@@ -759,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.data) if args.data else out / "data", args.train, args.val, log
         )
         tokenizer = tt.build_tokenizer()
-        model = new_model(tokenizer.get_vocab_size(), args.seed)
+        model = new_model(tokenizer.get_vocab_size(), args.seed, size)
         rng = np.random.default_rng(args.seed + 1)
 
         towers = out / "towers.pt"  # the trained towers and their encodings, for --resume
@@ -770,6 +811,7 @@ def main(argv: list[str] | None = None) -> int:
             rng.bit_generator.state = saved["rng"]
             log(f"resumed the trained towers and their encodings from {towers}")
         else:
+            torch.manual_seed(args.seed + TOWERS_SEED)  # the same whatever the decoder's size
             train_clip(model, data, steps, rng, log)
             image, chosen = encode_clip(model, data, log)
             val_image, val_chosen = encode_clip(model, val, log)
@@ -803,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         questions = Questions(data, tokenizer, num_visual)
         val_questions = Questions(val, tokenizer, num_visual)
         moved = displacements(np.stack([summary(c) for c in data.arrays["clip_cover"]]))
+        torch.manual_seed(args.seed + DECODER_SEED)  # the probes' init: --resume is the same run
         train_decoder(model, questions, visual, moved, steps, rng, log, (val_questions, val_visual))
         result = answer_accuracy(model.decoder, val_questions, val_visual)
         log(f"held-out answers (teacher-forced greedy): {json.dumps(result)}")
@@ -814,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "train_scenes": len(data),
             "steps": {k: getattr(steps, k) for k in tunable},
+            "decoder_heads": {"heads": heads, "kv_heads": kv},
             "minutes": round((time.time() - begin) / 60, 1),
             "val_accuracy": result,
         }

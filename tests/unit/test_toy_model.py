@@ -198,6 +198,13 @@ def test_layer_attention_is_the_decoders_own(toy_rows, monkeypatch, head, layer)
         T.decoder_logits(model.decoder, embeds, mask)
         hook.remove()
         log_probs = T.attention_log_probs(model.decoder, inputs[layer], head, layer)
+        several = T.attention_log_probs(model.decoder, inputs[layer], [3, head, 1], layer)
+    # the heads in one pass (train_decoder's form) are the heads one by one
+    assert several.shape == (len(items), 3, *log_probs.shape[1:])
+    assert torch.equal(several[:, 1].isinf(), log_probs.isinf())
+    gap = (several[:, 1] - log_probs)[log_probs.isfinite()].abs().max().item()
+    print(f"layer {layer} head {head}: heads in one pass against one by one: {gap:.2e}")
+    assert gap < 1e-5
     seen = seen[layer:]
     length = int(mask[0].sum())  # row 0 is the longest or equal: compare its real tokens
     diff = (log_probs.exp() - seen[0])[:, :length, :length].abs().max().item()
@@ -317,6 +324,76 @@ def test_motion_probe_reads_the_named_class():
     )
     print("probe on carried / shuffled directions:", carried, lacking)
     assert carried["held_out"] > 0.95 and lacking["held_out"] < 0.4
+
+
+def test_towers_do_not_depend_on_the_decoders_size():
+    """The decoder's init draws from its own stream: the towers' weights are the same whatever
+    ``--heads``/``--kv-heads`` say (main seeds each stage's own stream too, so one towers run
+    serves every decoder recipe, and ``--resume`` is the run from the seed)."""
+    vocab = build_tokenizer().get_vocab_size()
+    runs = []
+    for size in (T.ToySize(), T.ToySize(num_attention_heads=8, num_key_value_heads=8)):
+        model = T.new_model(vocab, 0, size)
+        towers = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
+        runs.append((towers, model.decoder.layers[0].self_attn))
+    (first, attn4), (second, attn8) = runs
+    assert attn4.num_kv_heads == 2 and attn8.num_kv_heads == 8  # the decoders do differ
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_frame_heads_follow_the_head_count():
+    assert T.frame_heads(4) == ([2], [3])  # the first recipe's heads 2 and 3
+    assert T.frame_heads(8) == ([2, 3, 4], [5, 6, 7])
+    assert T.frame_heads(5) == ([2], [3])
+    with pytest.raises(ValueError, match="at least 4"):
+        T.frame_heads(3)
+
+
+def test_eight_head_decoder_attention_is_the_decoders_own(toy_rows):
+    """``--heads 8 --kv-heads 4`` (head_dim 16, two query heads per kv head): every head's
+    probabilities from attention_log_probs against the decoder's own attention output, rebuilt
+    from them and the values."""
+    data, tokenizer, _, questions = toy_rows
+    size = T.ToySize(num_attention_heads=8, num_key_value_heads=4)
+    model = T.new_model(tokenizer.get_vocab_size(), 0, size)
+    torch.manual_seed(0)
+    for p in model.decoder.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    visual = np.random.default_rng(1).standard_normal((len(data), 18, 128)).astype(np.float32)
+    embeds, _, _ = questions.batch(model.decoder, visual, [0])
+    length = embeds.shape[1]
+    attn = model.decoder.layers[0].self_attn
+    outputs = []
+    hook = attn.o_proj.register_forward_hook(lambda _m, i, _o: outputs.append(i[0]))
+    with torch.no_grad():
+        mask = torch.ones(1, length, dtype=torch.long)  # row 0 alone: no padding
+        T.decoder_logits(model.decoder, embeds, mask)
+        hook.remove()
+        probs = T.attention_log_probs(model.decoder, embeds, list(range(8))).exp()[0]
+        x = model.decoder.layers[0].input_layernorm(embeds)
+        v = attn.v_proj(x).view(length, 4, 16)
+        rebuilt = torch.cat([probs[h] @ v[:, h // 2] for h in range(8)], -1)
+    diff = (rebuilt - outputs[0][0]).abs().max().item()
+    print(f"8 heads, 4 kv heads: attention output rebuilt from our probabilities: {diff:.2e}")
+    assert attn.head_dim == 16 and diff < 1e-4
+
+
+def test_shown_classes_are_the_count_answers(toy_rows):
+    """``--presence-read``'s targets: the classes each video shows, as many as its count
+    answer says."""
+    data, _, _, questions = toy_rows
+    words = ["one", "two", "three"]
+    counted = 0
+    for v, asked in enumerate(data.questions):
+        scene = tv.make_scene(data.seeds[v])
+        expected = sorted(td.class_of(o) - 1 for o in scene.objects)  # 0: the background
+        assert np.flatnonzero(questions.shown[v]).tolist() == expected
+        for q in asked:
+            if q.type == "count":
+                assert questions.shown[v].sum() == words.index(q.answer) + 1
+                counted += 1
+    assert counted == len(data)
 
 
 @pytest.mark.parametrize("word_heads", [1, 2])
