@@ -611,19 +611,22 @@ def train_decoder(
     log,
     val: tuple[Questions, np.ndarray] | None = None,
 ) -> None:
-    """The answers' cross-entropy, plus three losses that say where layer 0's heads 1-3 look
-    from the position that predicts the answer: at the question's colour and shape words
-    (``question_word_loss``), at the first ``EDGE_FRAMES`` image tokens and at the last ones
-    (``frames_read_loss``); and linear read-outs (dropped after training) from that position:
+    """The answers' cross-entropy, plus three losses that say where layer 0's heads look from
+    the position that predicts the answer: head 1 (or heads 0 and 1) at the question's colour and
+    shape words (``question_word_loss``), the ``frame_heads`` at the first ``EDGE_FRAMES`` image
+    tokens and at the last ones (``frames_read_loss``; heads 2 and 3 of four, 2-4 and 5-7 of
+    eight); and linear read-outs (dropped after training) from that position:
     every class's displacement after layer 0, and for motion questions the named object's
     displacement and its direction (cross-entropy over DIRECTIONS) after layer 1. The direction
     read-out took motion on ideal tokens from 0.65 to 0.81 in 3000 steps. With
     ``steps.symmetries`` every drawn question comes with one of the ``SYMMETRIES`` (its tokens,
-    answer and read-out targets turned alike); ``steps.frame_layers`` 2 also has layer 1's heads
-    2 and 3 read the first and last frames. ``steps.word_heads`` 2 splits the question-word read:
+    answer and read-out targets turned alike); ``steps.frame_layers`` 2 also has layer 1's frame
+    heads read the first and last frames. ``steps.word_heads`` 2 splits the question-word read:
     head 0 the colour word, head 1 the shape word (with one head for both, head 1 settled on the
     shape word, nothing read the colour, and motion confused objects of the same shape: 214 of
-    279 confusions); ``steps.early_pick`` 1 reads the named object's move out after layer 0 too."""
+    279 confusions); ``steps.early_pick`` 1 reads the named object's move out after layer 0 too;
+    ``steps.presence_read`` 1 reads out after layer 0 which classes the video shows (count
+    questions answered "three" for two clean objects: 7 of 15 count errors, before it)."""
     decoder = model.decoder
     probe = nn.Linear(decoder.cfg.hidden_size, moved.shape[-1])  # read-outs dropped after
     asked_probe = nn.Linear(decoder.cfg.hidden_size, 2)  # training
@@ -772,9 +775,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, kind in tunable.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
     args = parser.parse_args(argv)
-    size = ToySize(**{f: getattr(args, a) for a, f in sizes.items() if getattr(args, a)})
+    given = {f: getattr(args, a) for a, f in sizes.items() if getattr(args, a) is not None}
+    size = ToySize(**given)
     heads, kv = size.num_attention_heads, size.num_key_value_heads
-    if heads < 4 or heads % kv or size.hidden_size % heads:
+    if kv < 1 or heads < 4 or heads % kv or size.hidden_size % heads:
         parser.error(f"--heads {heads} --kv-heads {kv}: the decoder needs at least 4 heads, a "
                      f"multiple of the kv heads, dividing hidden {size.hidden_size}")  # fmt: skip
     if (args.frame_layers or 1) < 1:
