@@ -650,6 +650,11 @@ def train_decoder(
         if steps.word_heads == 2
         else ((1, None),)  # one head for both may settle on one (motion then confuses objects)
     )
+    firsts, lasts = frame_heads(decoder.cfg.num_attention_heads)
+    supervised = [  # per layer: the heads whose attention a loss reads (words in layer 0 only)
+        ([h for h, _ in word_reads] if layer == 0 else []) + (firsts + lasts)
+        for layer in range(steps.frame_layers)  # at least 1: main checks
+    ]
     layer0: list[torch.Tensor] = []
     layer1: list[torch.Tensor] = []
     hooks = [
@@ -701,21 +706,17 @@ def train_decoder(
             way = torch.from_numpy(way)
             move = move + DIRECTION_WEIGHT * F.cross_entropy(direction_probe(after1), way)
         answer_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        firsts, lasts = frame_heads(decoder.cfg.num_attention_heads)
-        then, now = 0.0, 0.0
-        for layer in range(steps.frame_layers):  # the frame heads of layers 0, 1, ...
+        read, then, now = 0.0, 0.0, 0.0
+        for layer, heads in enumerate(supervised):  # the frame heads of layers 0, 1, ...
             hidden = embeds if layer == 0 else (layer0, layer1)[layer - 1][0]
-            words = [h for h, _ in word_reads] if layer == 0 else []
-            log_probs = attention_log_probs(decoder, hidden, words + firsts + lasts, layer)
-            if layer == 0:
-                read = sum(
-                    question_word_loss(log_probs[:, i], questions, items, lead, w)
-                    for i, (_, w) in enumerate(word_reads)
-                )
+            log_probs = attention_log_probs(decoder, hidden, heads, layer)
+            words = len(heads) - len(firsts) - len(lasts)  # layer 0: the word heads first
+            for i, (_, w) in enumerate(word_reads[:words]):
+                read = read + question_word_loss(log_probs[:, i], questions, items, lead, w)
             for i in range(len(firsts)):
-                at = len(words) + i
+                at = words + i
                 then = then + frames_read_loss(log_probs[:, at], questions, items, lead, early)
-                at = len(words) + len(firsts) + i
+                at = words + len(firsts) + i
                 now = now + frames_read_loss(log_probs[:, at], questions, items, lead, late)
         loss = answer_loss + read + then + now + move
         _step(opt, loss, lr_at(step, steps.decoder_steps, steps.decoder_lr), params)
@@ -775,14 +776,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, kind in tunable.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name)
     args = parser.parse_args(argv)
+    if args.frame_layers is not None and args.frame_layers < 1:
+        parser.error("--frame-layers must be at least 1")
     given = {f: getattr(args, a) for a, f in sizes.items() if getattr(args, a) is not None}
     size = ToySize(**given)
     heads, kv = size.num_attention_heads, size.num_key_value_heads
     if kv < 1 or heads < 4 or heads % kv or size.hidden_size % heads:
         parser.error(f"--heads {heads} --kv-heads {kv}: the decoder needs at least 4 heads, a "
                      f"multiple of the kv heads, dividing hidden {size.hidden_size}")  # fmt: skip
-    if (args.frame_layers or 1) < 1:
-        parser.error("--frame-layers must be at least 1")
     steps = Steps()
     for name in tunable:
         if getattr(args, name) is not None:
@@ -861,7 +862,6 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "train_scenes": len(data),
             "steps": {k: getattr(steps, k) for k in tunable},
-            "decoder_heads": {"heads": heads, "kv_heads": kv},
             "minutes": round((time.time() - begin) / 60, 1),
             "val_accuracy": result,
         }
