@@ -271,6 +271,10 @@ def scan_times(provider: str, repeat: int = 20) -> dict[str, float | None]:
         options = session_options(custom_op=None if is_portable else "SelectiveScan")
         providers = [PROVIDERS[where]] + (["CPUExecutionProvider"] if where != "cpu" else [])
         session = ort.InferenceSession(model, options, providers=providers)
+        if PROVIDERS[where] not in session.get_providers():  # onnxruntime's silent fallback
+            raise SystemExit(
+                f"bench_gpu: {PROVIDERS[where]} did not start: {session.get_providers()}"
+            )
         device = "cuda" if where == "cuda" else "cpu"
         binding = session.io_binding()
         for arg in session.get_inputs():

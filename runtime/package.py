@@ -10,6 +10,8 @@ each graph.
 
 from __future__ import annotations
 
+import contextlib
+import io as _io
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -322,6 +324,43 @@ def resolve_provider(provider: str) -> list[str]:
     return [name] if name == PROVIDERS["cpu"] else [name, PROVIDERS["cpu"]]
 
 
+_preloaded: dict[str, str] = {}
+
+
+def preload_provider_libraries(provider: str) -> str:
+    """For ``cuda``: onnxruntime's ``preload_dlls()`` (onnxruntime-gpu 1.21+), which loads CUDA
+    and cuDNN from pip's nvidia-* packages beside it, so that a pip-only install finds them
+    without LD_LIBRARY_PATH. Once per process; returns what it printed (kept for the error when
+    the provider still does not start), "" for other providers or older onnxruntime."""
+    if provider != "cuda" or not hasattr(ort, "preload_dlls"):
+        return ""
+    if provider not in _preloaded:
+        printed = _io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            try:
+                ort.preload_dlls()
+            except Exception as e:  # a missing nvidia folder: the system's libraries may do
+                print(f"preload_dlls: {e}")
+        _preloaded[provider] = " ".join(printed.getvalue().split())
+    return _preloaded[provider]
+
+
+def check_provider_started(stage: str, session: ort.InferenceSession, provider: str) -> None:
+    """onnxruntime falls back to the CPU, with only a log line, when a provider's libraries do
+    not load (CUDA or cuDNN missing): a run asked for on a GPU must not go on at CPU speed."""
+    wanted = PROVIDERS[provider]
+    if wanted in session.get_providers():
+        return
+    said = _preloaded.get(provider, "")
+    raise MvgptError(
+        f"{stage}: provider {provider!r} ({wanted}) did not start, onnxruntime fell back to "
+        f"{', '.join(session.get_providers())}"
+        + (f" ({said[:300]})" if said else "")
+        + "; fix: install the CUDA and cuDNN libraries onnxruntime-gpu was built for (pip "
+        "install 'onnxruntime-gpu[cuda,cudnn]', or put them on LD_LIBRARY_PATH), or choose cpu"
+    )
+
+
 @dataclass
 class Package:
     """A loaded package: its folder, manifest, tokenizer and one session per stage."""
@@ -361,6 +400,7 @@ def load_package(folder: str | Path, provider: str = "cpu", threads: int | None 
             f"threads: expected None or an integer >= 1, got {threads!r}; fix: pass --threads N"
         )
     providers = resolve_provider(provider)
+    preload_provider_libraries(provider)
     folder = Path(folder).expanduser()
     data = read_manifest(folder)
     tokenizer_path = folder / data.get(M.K_TOKENIZER, M.TOKENIZER_FILE)
@@ -393,6 +433,8 @@ def load_package(folder: str | Path, provider: str = "cpu", threads: int | None 
             options = session_options(threads, config=configs[stage])
             file, uses_ops[stage] = stages[stage][M.S_FILE], False
         sessions[stage] = _open(folder / file, options, providers)
+        if provider != "cpu":
+            check_provider_started(stage, sessions[stage], provider)
     for stage, session in sessions.items():
         entry = stages[stage]
         variant = M.G_MAIN if ops[stage] is None or uses_ops[stage] else M.G_PORTABLE

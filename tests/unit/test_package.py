@@ -128,6 +128,35 @@ def test_provider_errors(tiny_package):
         load_package(tiny_package, threads=0)
 
 
+def test_a_provider_that_falls_back_to_the_cpu_is_an_error(tiny_package, monkeypatch):
+    """onnxruntime-gpu whose CUDA libraries do not load: the CUDA provider is listed, the session
+    silently runs on the CPU. Simulated with this CPU build (it warns and runs a session asked for
+    an absent provider on the CPU): the load stops with the reason preload_dlls printed."""
+    from mvgpt.runtime import package as P
+
+    available = P.ort.get_available_providers()
+    monkeypatch.setattr(
+        P.ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *available]
+    )
+    calls = []
+
+    def preload_dlls():
+        calls.append(1)
+        print("Failed to load libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(P.ort, "preload_dlls", preload_dlls, raising=False)
+    monkeypatch.setattr(P, "_preloaded", {})
+    for _ in range(2):
+        with pytest.raises(MvgptError) as e:
+            load_package(tiny_package, provider="cuda")
+        message = str(e.value)
+        print(message)
+        assert "clip_vision: provider 'cuda' (CUDAExecutionProvider) did not start" in message
+        assert "fell back to CPUExecutionProvider (Failed to load libcudnn.so.9" in message
+        assert "\n" not in message and "fix: install the CUDA and cuDNN libraries" in message
+    assert calls == [1]  # once per process
+
+
 def test_portable_fallback_without_the_library(tiny_package, tmp_path, monkeypatch):
     monkeypatch.setenv("MVGPT_OPS_LIBRARY", str(tmp_path / "absent.so"))
     package = load_package(tiny_package, threads=1)
