@@ -49,8 +49,8 @@ class ToySize:
     hidden_size: int = 128  # decoder and projectors
     intermediate_size: int = 384
     num_hidden_layers: int = 3
-    num_attention_heads: int = 4  # head_dim 32
-    num_key_value_heads: int = 2  # the exporter's GQA trace needs at least 2
+    num_attention_heads: int = 8  # head_dim 16
+    num_key_value_heads: int = 8  # one per head (the exporter's GQA trace needs at least 2)
     rope_theta: float = 1000000.0
     clip_hidden: int = 96
     clip_intermediate: int = 192

@@ -18,10 +18,10 @@ a folder made before. Then, in one process (``toy_model`` says what the tokens c
    read-out on VideoMamba's features.
 4. decoder: the Qwen2 decoder (and its embeddings) learns to answer every question of the
    training videos from the towers' real 18 visual tokens, in the runtime's ChatML prompt, with
-   supervised layer-0 attention and read-outs of the motion (``train_decoder``); with
-   ``--symmetries 1`` each question is seen under one of the task's 16 symmetries
-   (``turn_tokens``: mirrored, transposed or played backwards, the motion answer turned alike),
-   16 times the videos the decoder learns from.
+   supervised layer-0 attention, read-outs of the motion and of which classes the video shows
+   (``train_decoder``); each question is seen under one of the task's 16 symmetries
+   (``--symmetries 1``, ``turn_tokens``: mirrored, transposed or played backwards, the motion
+   answer turned alike), 16 times the videos the decoder learns from.
 
 The result is written by ``toy_checkpoint.write_checkpoint`` in the official layout with the
 toy tokenizer; ``--val N`` held-out videos are answered after each stage (the log says how well).
@@ -75,7 +75,7 @@ TOWERS_SEED = 2  # and the towers' training's (their read-outs' init) seed + thi
 class Steps(argparse.Namespace):
     """The schedule (argparse fills it; these are the defaults)."""
 
-    clip_steps = 2500
+    clip_steps = 5000  # 2500: held-out tokens' x/y 0.96 (motion probe 93%); 5000: 0.99 (97.7%)
     clip_batch = 32  # frames per step
     mamba_steps = 400
     mamba_batch = 3  # clips of 8 frames per step
@@ -83,13 +83,13 @@ class Steps(argparse.Namespace):
     decoder_batch = 64  # questions per step
     lr = 2e-3
     decoder_lr = 3e-3
-    motion_weight = 1.0  # how much likelier a motion question is to be drawn than another
-    symmetries = 0  # 1: train on the videos' mirrored, transposed and reversed tokens too
+    motion_weight = 2.0  # how much likelier a motion question is to be drawn than another
+    symmetries = 1  # 1: train on the videos' mirrored, transposed and reversed tokens too
     frame_layers = 1  # the decoder layers (from 0) whose frame_heads read the first/last frames
-    word_heads = 1  # 2: layer-0 head 0 reads the question's colour word, head 1 its shape word
+    word_heads = 2  # 2: layer-0 head 0 reads the question's colour word, head 1 its shape word
     early_pick = 0  # 1: also read the named object's move out after layer 0 (not only 1)
-    presence_read = 0  # 1: also read out after layer 0 which classes the video shows (count)
-    token_noise = 0.0  # std of fresh Gaussian noise added to the visual tokens at every step
+    presence_read = 1  # 1: also read out after layer 0 which classes the video shows (count)
+    token_noise = 0.02  # std of fresh Gaussian noise added to the visual tokens at every step
 
 
 def lr_at(step: int, total: int, peak: float) -> float:

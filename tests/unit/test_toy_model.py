@@ -332,7 +332,7 @@ def test_towers_do_not_depend_on_the_decoders_size():
     serves every decoder recipe, and ``--resume`` is the run from the seed)."""
     vocab = build_tokenizer().get_vocab_size()
     runs = []
-    for size in (T.ToySize(), T.ToySize(num_attention_heads=8, num_key_value_heads=8)):
+    for size in (T.ToySize(num_attention_heads=4, num_key_value_heads=2), T.ToySize()):
         model = T.new_model(vocab, 0, size)
         towers = {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.")}
         runs.append((towers, model.decoder.layers[0].self_attn))
