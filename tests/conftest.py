@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _import_the_kernels_distribution() -> None:
+    """The tests run with the repository's root on sys.path, where its kernels/ folder (installed
+    as mvgpt.kernels) would pass for the top-level package ``kernels``: Hugging Face's
+    distribution of that name, which transformers 5.25+ requires and imports whenever it is
+    installed, would then be this folder (``cannot import name 'CUDAProperties' from
+    'kernels'``). Import the installed one first, the root left out of the search."""
+    try:
+        metadata.distribution("kernels")
+    except metadata.PackageNotFoundError:
+        return
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != ROOT]
+    try:
+        importlib.import_module("kernels")
+    except Exception:  # a broken install: transformers will say so itself
+        pass
+    finally:
+        sys.path[:] = saved
+
+
+_import_the_kernels_distribution()
 
 
 @pytest.fixture(scope="session")
