@@ -259,7 +259,7 @@ def scan_times(provider: str, repeat: int = 20) -> dict[str, float | None]:
 
     from mvgpt import kernels
     from mvgpt.kernels import portable
-    from mvgpt.runtime.package import PROVIDERS
+    from mvgpt.runtime.package import PROVIDERS, check_provider_started
     from mvgpt.runtime.sessions import session_options
 
     feeds = portable.random_inputs(*SCAN_SHAPE, seed=0)
@@ -271,10 +271,7 @@ def scan_times(provider: str, repeat: int = 20) -> dict[str, float | None]:
         options = session_options(custom_op=None if is_portable else "SelectiveScan")
         providers = [PROVIDERS[where]] + (["CPUExecutionProvider"] if where != "cpu" else [])
         session = ort.InferenceSession(model, options, providers=providers)
-        if PROVIDERS[where] not in session.get_providers():  # onnxruntime's silent fallback
-            raise SystemExit(
-                f"bench_gpu: {PROVIDERS[where]} did not start: {session.get_providers()}"
-            )
+        check_provider_started(f"{name} on {where}", session, where)  # no silent CPU run
         device = "cuda" if where == "cuda" else "cpu"
         binding = session.io_binding()
         for arg in session.get_inputs():
