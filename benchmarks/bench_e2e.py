@@ -8,7 +8,9 @@ runs every configuration once, in turn (a fresh subprocess each: --warmup answer
 answer), and --repeat rounds interleave them, so load from other processes hits all alike. The
 parent collects their JSON lines (ttft, decode tokens/s, seconds per stage, peak RSS, token ids),
 prints one summary line per configuration (medians over rounds) and a table with ratios against
-the reference fp32.
+the reference fp32. --avx2-view runs every configuration a second time in each round under
+avx2_view.py (this CPU with AVX-512, VNNI and AMX hidden: every library takes its AVX2 kernels),
+rows marked [avx2_view], their ratios against the reference fp32 under the view.
 
     python benchmarks/bench_e2e.py --model /tmp/pkg_05b --warmup 0 --repeat 2 --threads 2
 """
@@ -103,6 +105,8 @@ def worker(args: argparse.Namespace) -> int:
         name = f"mvgpt {precision} ({Path(config['model']).name})"
         if not engine.package.custom_ops:
             name += " portable"
+    if config.get("cpu_view"):
+        name += f" [{config['cpu_view']}]"
     load_s = time.perf_counter() - start
     for _ in range(args.warmup):
         run(engine, args.video, args.question, args.max_new_tokens)
@@ -179,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--dtype", action="append", help="reference dtypes (default fp32, bf16)")
+    parser.add_argument(
+        "--avx2-view", action="store_true", help="each configuration also under avx2_view.py"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one configuration
     args = parser.parse_args(argv)
     if args.worker:
@@ -193,15 +200,25 @@ def main(argv: list[str] | None = None) -> int:
             configs.append({"engine": "reference", "dtype": dtype})
             configs[-1] |= {"checkpoint": str(checkpoint), "clip": str(clip)}
     configs += [{"engine": "mvgpt", "model": str(Path(m).expanduser())} for m in args.model]
+    envs: list[dict | None] = [None] * len(configs)
+    if args.avx2_view:
+        import avx2_view
+
+        try:
+            view = avx2_view.environment()
+        except avx2_view.ViewError as e:
+            raise SystemExit(f"--avx2-view: {e}") from e
+        envs += [view] * len(configs)
+        configs += [c | {"cpu_view": "avx2_view"} for c in configs]
 
     common = ["--video", args.video, "--question", args.question, "--threads", str(args.threads)]
     common += ["--max-new-tokens", str(args.max_new_tokens), "--warmup", str(args.warmup)]
     common += ["--repeat", "1"]
     runs: dict[str, list[dict]] = {}
     for round_index in range(args.repeat):  # rounds: every configuration once, in turn
-        for config in configs:
+        for config, env in zip(configs, envs, strict=True):
             command = [sys.executable, __file__, "--worker", json.dumps(config), *common]
-            done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
             lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
             if done.returncode != 0 or not lines:
                 print(f"{config}: worker failed (exit {done.returncode})", file=sys.stderr)
@@ -215,12 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         return 1
 
-    base = next((r for r in rows if r["config"] == "reference fp32"), rows[0])
-    columns = [("configuration", 28), ("ttft s", 8), ("x ref", 6), ("tok/s", 7), ("x ref", 6)]
+    def base_of(row: dict) -> dict:  # the reference fp32 of the same CPU view, else the first
+        view = row.get("cpu_view", "native")
+        name = "reference fp32" + (f" [{view}]" if view != "native" else "")
+        return next((r for r in rows if r["config"] == name), rows[0])
+
+    columns = [("configuration", 40), ("ttft s", 8), ("x ref", 6), ("tok/s", 7), ("x ref", 6)]
     columns += [("video", 6), ("vision", 7), ("prefill", 8), ("decode", 7), ("RSS MiB", 8)]
     columns += [("same tokens", 12)]
     table = []
     for r in rows:
+        base = base_of(r)
         st = r["stages_median_s"]
         tps, base_tps = r["decode_tokens_per_s"], base["decode_tokens_per_s"]
         same = sum(1 for _ in zip(r["token_ids"], base["token_ids"], strict=False))
@@ -246,10 +268,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"\n{args.max_new_tokens} new tokens max, {args.threads} threads, medians of "
-        f"{args.repeat}; x ref = speed relative to {base['config']} (>1 faster); same tokens = "
-        "greedy prefix shared with it"
+        f"{args.repeat}; x ref = speed relative to {base_of(rows[0])['config']} (under "
+        "avx2_view: its own under the view; >1 faster); same tokens = greedy prefix shared with it"
     )
     print_table(columns, table)
+    by_name = {r["config"]: r for r in rows}
+    for r in rows:  # each configuration under avx2_view against itself on the whole CPU
+        native = by_name.get(r["config"].removesuffix(" [avx2_view]"))
+        if native is None or native is r:
+            continue
+        st, nst = r["stages_median_s"], native["stages_median_s"]
+        parts = [f"ttft {r['ttft_median_s'] / native['ttft_median_s']:.2f}x"]
+        if r["decode_tokens_per_s"] and native["decode_tokens_per_s"]:
+            ratio = native["decode_tokens_per_s"] / r["decode_tokens_per_s"]
+            parts.append(f"time per token {ratio:.2f}x")
+        parts += [f"{k} {st[k] / nst[k]:.2f}x" for k in ("vision", "prefill") if nst.get(k)]
+        print(f"{r['config']}: {', '.join(parts)} the native run's (>1 slower)")
     mvgpt_rows = [r for r in rows if r["config"].startswith("mvgpt")]
     if mvgpt_rows and "clip_vision" in mvgpt_rows[0]["stages_median_s"]:
         parts = ", ".join(f"{k} {mvgpt_rows[0]['stages_median_s'][k]:.2f} s" for k in VISION)

@@ -38,11 +38,20 @@ def cpu_name() -> str:
 SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
+def cpu_view() -> str:
+    """ "avx2_view" when this process runs under benchmarks/avx2_view.py (AVX-512, VNNI and AMX
+    hidden from CPUID), else "native"."""
+    return "avx2_view" if "avx2_view" in os.environ.get("LD_PRELOAD", "") else "native"
+
+
 def cpu_flags(wanted: Sequence[str] = SIMD_FLAGS) -> list[str]:
-    """The subset of `wanted` instruction-set flags this CPU reports (x86 Linux; [] elsewhere)."""
+    """The subset of `wanted` instruction-set flags this CPU reports (x86 Linux; [] elsewhere),
+    less those avx2_view hides when it runs (/proc/cpuinfo still lists them)."""
     from mvgpt.runtime.package import cpu_flags as all_flags
 
     have = all_flags() or set()
+    if cpu_view() == "avx2_view":
+        have = {f for f in have if not f.startswith(("avx512", "amx")) and "vnni" not in f}
     return [w for w in wanted if w in have]
 
 
@@ -60,13 +69,15 @@ def commit() -> str:
 def environment(
     threads: int, versions: dict[str, str], provider: str | None = None
 ) -> dict[str, Any]:
-    """The fields every JSON line carries: host, cpu, its instruction-set flags, python, library
-    versions, threads, provider (when given) and commit, in that order."""
+    """The fields every JSON line carries: host, cpu, python, the CPU's instruction-set flags and
+    whether they are avx2_view's (cpu_view), library versions, threads, provider (when given) and
+    commit, in that order."""
     env: dict[str, Any] = {
         "host": platform.node(),
         "cpu": cpu_name(),
         "python": platform.python_version(),
         "cpu_flags": cpu_flags(),
+        "cpu_view": cpu_view(),
         **versions,
         "threads": threads,
     }

@@ -21,8 +21,10 @@ PACKAGES = {  # command -> the Debian package holding it
     "clang++": "clang",
 }
 AVX2_CPU = "Haswell-noTSX"  # AVX2 + FMA, no AVX-512, no VNNI (qemu >= 7.2 emulates AVX2)
-HASWELL = ["qemu-x86_64", "-cpu", AVX2_CPU]
-ARM = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+# the emulated program gets no LD_PRELOAD: a native preload (benchmarks/avx2_view.py's, when the
+# tests run under it) is for the host's processes, not the guest's
+HASWELL = ["qemu-x86_64", "-U", "LD_PRELOAD", "-cpu", AVX2_CPU]
+ARM = ["qemu-aarch64", "-U", "LD_PRELOAD", "-L", "/usr/aarch64-linux-gnu"]
 EMULATED_TIMEOUT_S = 600
 
 _installed: dict[str, str] = {}  # apt-get runs once per package set: its error, or ""
@@ -58,7 +60,7 @@ def run_python(args: list[str], cpu: str | None = None, env: dict | None = None)
     if cpu is not None:
         if why := missing_tools("qemu-x86_64"):
             pytest.skip(why)
-        prefix = ["qemu-x86_64", "-cpu", cpu]
+        prefix = ["qemu-x86_64", "-U", "LD_PRELOAD", "-cpu", cpu]
     run = subprocess.run(
         [*prefix, sys.executable, *args],
         capture_output=True,
