@@ -70,11 +70,13 @@ static void forward(int sig, siginfo_t* info, void* ctx) {
   } else if (next.sa_handler == SIG_IGN) {
     return;
   } else if (next.sa_handler == SIG_DFL) {
-    // the default action: reinstall it; returning re-runs the faulting instruction
+    // the default action: reinstall it; returning re-runs the faulting instruction, and a signal
+    // that was sent (kill, raise: si_code <= 0) is sent again
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     real_sigaction()(SIGSEGV, &dfl, NULL);
+    if (info->si_code <= 0) raise(SIGSEGV);
   } else {
     next.sa_handler(sig);
   }

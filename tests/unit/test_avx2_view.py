@@ -62,19 +62,24 @@ def test_onnxruntime_takes_its_saturating_avx2_int8_kernel(view_env):
     assert got["exporter"] == 0  # the exporter's 7-bit weights stay exact
 
 
-def test_a_real_segfault_still_reaches_the_programs_handler(view_env):
-    # faulthandler installs its SIGSEGV handler after the view's: it must still report the fault
-    code = "import ctypes; ctypes.string_at(0)"
+@pytest.mark.parametrize(
+    "args",
+    [
+        # faulthandler installs its SIGSEGV handler after the view's: it must still report it
+        ["-X", "faulthandler", "-c", "import ctypes; ctypes.string_at(0)"],
+        # a SIGSEGV sent, not raised by an instruction, keeps its default action
+        ["-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV); print('survived')"],
+    ],
+)
+def test_a_real_segfault_still_kills_or_reaches_the_programs_handler(view_env, args):
     run = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", code],
-        env=view_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, *args], env=view_env, capture_output=True, text=True, timeout=120
     )
-    print(run.returncode, run.stderr[-300:])
+    print(run.returncode, run.stdout[-100:], run.stderr[-300:])
     assert run.returncode == -11
-    assert "Segmentation fault" in run.stderr
+    assert "survived" not in run.stdout
+    if "faulthandler" in args:
+        assert "Segmentation fault" in run.stderr
 
 
 SCAN_SCRIPT = r"""
