@@ -31,8 +31,22 @@ def read_rows(paths: list[str]) -> list[dict]:
                 except json.JSONDecodeError:
                     continue
                 if isinstance(row, dict):
-                    rows.append(row)
+                    rows.append(_mark_view(row))
     return rows
+
+
+def _mark_view(row: dict) -> dict:
+    """A row measured under avx2_view.py (cpu_view) named apart from the native one: its stage,
+    engine, config, impl or job gets " [avx2_view]", so the two are separate table rows."""
+    view = row.get("cpu_view", "native")
+    if view == "native":
+        return row
+    mark = f" [{view}]"
+    for key in ("stage", "engine", "config", "impl", "job"):
+        value = row.get(key)
+        if isinstance(value, str) and value != "machine" and not value.endswith(mark):
+            row[key] = value + mark
+    return row
 
 
 def _latest(rows: list[dict], key: str) -> list[dict]:
@@ -63,6 +77,17 @@ def _env(row: dict) -> str:
         f"{row.get('cpu', '?')}{flags}, {row.get('threads', '?')} threads, "
         f"{row.get('provider', 'CPU')}, {', '.join(versions)}, commit {row.get('commit', '?')}"
     )
+
+
+VIEW_NOTE = "rows marked [avx2_view]: this CPU with AVX-512, VNNI and AMX hidden (avx2_view.py)"
+
+
+def _env_of(rows: list[dict]) -> str:
+    """_env of the section's last native row (else its last row), saying so when some rows were
+    measured under avx2_view."""
+    natives = [r for r in rows if r.get("cpu_view", "native") == "native"]
+    env = _env(natives[-1] if natives else rows[-1])
+    return env + ("; " + VIEW_NOTE if len(natives) < len(rows) else "")
 
 
 def stages_section(rows: list[dict]) -> list[str]:
@@ -101,7 +126,7 @@ def decoder_section(rows: list[dict]) -> list[str]:
     base = next((r for r in rows if r["engine"] == "transformers fp32"), None)
     genai = next((r for r in rows if r["engine"].startswith("onnxruntime-genai")), None)
     out = ["### Decoder alone (bench_decoder.py)", ""]
-    out += [f"{_env(rows[-1])}; prompt {rows[-1].get('prompt_length')} tokens.", ""]
+    out += [f"{_env_of(rows)}; prompt {rows[-1].get('prompt_length')} tokens.", ""]
     body = []
     for r in rows:
         p, d = r["prefill_median_s"], r["decode_tokens_per_s"]
@@ -125,7 +150,7 @@ def e2e_section(rows: list[dict]) -> list[str]:
     rows = _latest(rows, "config")
     base = next((r for r in rows if r["config"] == "reference fp32"), rows[0])
     out = ["### Video -> answer (bench_e2e.py)", ""]
-    out += [f"{_env(rows[-1])}; up to {rows[-1].get('max_new_tokens')} new tokens.", ""]
+    out += [f"{_env_of(rows)}; up to {rows[-1].get('max_new_tokens')} new tokens.", ""]
     body = []
     for r in rows:
         st, tps = r["stages_median_s"], r["decode_tokens_per_s"]
@@ -159,7 +184,7 @@ def scan_section(rows: list[dict]) -> list[str]:
     out = [
         "### Selective scan (bench_scan.py)",
         "",
-        f"{_env(rows[-1])}; shape {rows[-1]['shape']}. Floor: "
+        f"{_env_of(rows)}; shape {rows[-1]['shape']}. Floor: "
         f"{base.get('floor_fma_ops_per_update', '?')} FMA-pipe operations per state update at "
         "the FMA peak measured at each width (benchmarks/floors.py).",
     ]
@@ -188,12 +213,14 @@ def attention_section(rows: list[dict]) -> list[str]:
     machines = list(dict.fromkeys((k[0], k[1]) for k in latest))
     for host, cpu in machines:
         mine = [r for k, r in latest.items() if (k[0], k[1]) == (host, cpu)]
-        first = mine[0]
+        natives = [r for r in mine if r.get("cpu_view", "native") == "native"]
+        first = (natives or mine)[0]
+        view = f"; {VIEW_NOTE}" if len(natives) < len(mine) else ""
         out += [
             f"{cpu} ({', '.join(first.get('cpu_flags') or ['flags not recorded'])}), "
             f"onnxruntime {first.get('onnxruntime')}, commit {first.get('commit')}; "
             f"{first['layers']} layers' caches, one position after {first['past']} "
-            f"({first['cache_bytes'] / 1e6:.0f} MB).",
+            f"({first['cache_bytes'] / 1e6:.0f} MB){view}.",
             "",
         ]
         body = []
@@ -219,7 +246,7 @@ def export_memory_section(rows: list[dict]) -> list[str]:
     rows = _latest(rows, "job")
     out = ["### Export memory (bench_export_memory.py)", ""]
     out += [
-        f"{_env(rows[-1])}; `mvgpt-export`'s work in one process on an existing random checkpoint "
+        f"{_env_of(rows)}; `mvgpt-export`'s work in one process on an existing random checkpoint "
         "in the official layout; peak RSS is the process's ru_maxrss.",
         "",
     ]
