@@ -7,7 +7,8 @@
 # Expects the project set up (the README's set-up command), nvcc (a CUDA toolkit, or
 # $CUDACXX) and, for the PyTorch reference, torch with CUDA. Steps:
 #   1. onnxruntime-gpu in place of onnxruntime (both are the one `onnxruntime` module): the wheel
-#      given, else from the package index; skipped when CUDAExecutionProvider is already there;
+#      given (benchmarks/gpu_wheel.py cuts one down for a machine without network), else from the
+#      package index; skipped when CUDAExecutionProvider is already there;
 #   2. the custom-op library rebuilt with SelectiveScan's CUDA kernel for this GPU
 #      (MVGPT_CUDA_ARCHITECTURES, default native);
 #   3. the tests marked gpu (tests.log): the CUDA kernel against float64 on the device, the
