@@ -1,5 +1,7 @@
 // LD_PRELOAD library: the process (and every process it starts) sees an x86-64 CPU with AVX2 and
-// FMA but no AVX-512, AVX-VNNI or AMX, on the real hardware, at full speed.
+// FMA but no AVX-512, AVX-VNNI or AMX, on the real hardware, at full speed - or, with
+// MVGPT_CPU_VIEW=avx512-novnni, one with AVX-512 F/DQ/CD/BW/VL but no VNNI, BF16, IFMA, VBMI
+// or AMX (a Skylake-SP's set).
 //
 // Linux's CPUID faulting (arch_prctl ARCH_SET_CPUID, 0; the `cpuid_fault` flag of /proc/cpuinfo)
 // makes every CPUID instruction of this thread, and of the threads it starts, raise SIGSEGV. The
@@ -42,9 +44,15 @@ static sigaction_fn real_sigaction(void) {
 
 static long set_cpuid(int enabled) { return syscall(SYS_arch_prctl, ARCH_SET_CPUID, enabled); }
 
+static int g_keep_avx512;  // MVGPT_CPU_VIEW=avx512-novnni: AVX-512 F/DQ/CD/BW/VL stay (Skylake-SP)
+
 // Feature bits cleared, by (leaf, subleaf) and register.
 static void hide(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
-  if (leaf == 7 && sub == 0) {
+  if (leaf == 7 && sub == 0 && g_keep_avx512) {
+    r[1] &= ~(1u << 21);  // IFMA
+    r[2] &= ~((1u << 1) | (1u << 6) | (1u << 11) | (1u << 12) | (1u << 14));
+    r[3] &= ~((1u << 8) | (1u << 22) | (1u << 23) | (1u << 24) | (1u << 25));
+  } else if (leaf == 7 && sub == 0) {
     // EBX: AVX512F 16, DQ 17, IFMA 21, PF 26, ER 27, CD 28, BW 30, VL 31
     r[1] &= ~((1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) |
               (1u << 30) | (1u << 31));
@@ -118,6 +126,13 @@ sighandler_t signal(int sig, sighandler_t handler) {
 }
 
 __attribute__((constructor)) static void start(void) {
+  const char* view = getenv("MVGPT_CPU_VIEW");
+  if (view != NULL && strcmp(view, "avx512-novnni") == 0) {
+    g_keep_avx512 = 1;
+  } else if (view != NULL && view[0] != '\0' && strcmp(view, "avx2") != 0) {
+    fprintf(stderr, "avx2_view: MVGPT_CPU_VIEW=%s: expected avx2 or avx512-novnni\n", view);
+    _exit(1);
+  }
   struct sigaction act;
   memset(&act, 0, sizeof act);
   act.sa_sigaction = on_segv;

@@ -2,6 +2,11 @@
 
     python benchmarks/avx2_view.py --show
     python benchmarks/avx2_view.py -- python benchmarks/bench_scan.py --threads 1
+    python benchmarks/avx2_view.py --view avx512-novnni -- COMMAND
+
+--view avx512-novnni keeps AVX-512 F/DQ/CD/BW/VL and hides VNNI, BF16, IFMA, VBMI and AMX (a
+Skylake-SP's set: onnxruntime's AVX-512 int8 kernel without VNNI, which adds products in int16
+like AVX2's).
 
 Emulation (qemu's Haswell model, tests/emulation.py) proves an AVX2 CPU's results but runs
 thousands of times slower; this runs natively. avx2_view.c, built here with $CC (default gcc)
@@ -59,17 +64,22 @@ class ViewError(RuntimeError):
     """The view cannot be made on this machine (the message says why)."""
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's flags in /proc/cpuinfo (the kernel's, which no view changes); empty if none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "flags:")
+    return set(line.split(":", 1)[1].split())
+
+
 def unavailable() -> str:
     """Why the view cannot be made here ("" when it can)."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"needs x86-64 Linux, this is {platform.system()} {platform.machine()}"
-    try:
-        flags = next(
-            line.split(":", 1)[1].split()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
+    flags = cpu_flags()
+    if not flags:
         return "cannot read the CPU flags in /proc/cpuinfo"
     if "cpuid_fault" not in flags:
         return "this CPU (or its hypervisor) offers no CPUID faulting (no cpuid_fault flag)"
@@ -101,11 +111,20 @@ def library() -> Path:
     return lib
 
 
-def environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """`base` (default os.environ) with the view preloaded into every process started with it."""
+VIEWS = ("avx2", "avx512-novnni")
+
+
+def environment(base: dict[str, str] | None = None, view: str = "avx2") -> dict[str, str]:
+    """`base` (default os.environ) with the view (VIEWS) preloaded into every process started
+    with it."""
+    if view not in VIEWS:
+        raise ViewError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
     env = dict(os.environ if base is None else base)
     env["LD_PRELOAD"] = " ".join(p for p in (str(library()), env.get("LD_PRELOAD", "")) if p)
-    env["GLIBC_TUNABLES"] = ":".join(p for p in (env.get("GLIBC_TUNABLES", ""), GLIBC_HIDE) if p)
+    env["MVGPT_CPU_VIEW"] = view
+    if view == "avx2":
+        tunables = (env.get("GLIBC_TUNABLES", ""), GLIBC_HIDE)
+        env["GLIBC_TUNABLES"] = ":".join(p for p in tunables if p)
     # a sanitizer's runtime wants to be the first library; this one comes before it
     env["ASAN_OPTIONS"] = ":".join(
         p for p in (env.get("ASAN_OPTIONS", ""), "verify_asan_link_order=0") if p
@@ -126,15 +145,16 @@ def seen(env: dict[str, str] | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--show", action="store_true", help="print what the libraries see")
+    parser.add_argument("--view", choices=VIEWS, default="avx2", help="what the CPU shows")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command and not args.show:
         parser.error("give a command after --, or --show")
     try:
-        env = environment()
+        env = environment(view=args.view)
         if args.show:
-            print(json.dumps({"native": seen(None), "avx2_view": seen(env)}))
+            print(json.dumps({"native": seen(None), args.view: seen(env)}))
     except ViewError as e:
         print(f"avx2_view: {e}", file=sys.stderr)
         return 1

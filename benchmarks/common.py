@@ -39,9 +39,13 @@ SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_
 
 
 def cpu_view() -> str:
-    """ "avx2_view" when this process runs under benchmarks/avx2_view.py (AVX-512, VNNI and AMX
-    hidden from CPUID), else "native"."""
-    return "avx2_view" if "avx2_view" in os.environ.get("LD_PRELOAD", "") else "native"
+    """What benchmarks/avx2_view.py shows this process of the CPU: "avx2_view" (AVX-512, VNNI
+    and AMX hidden from CPUID), "avx512-novnni_view" (its --view avx512-novnni), else "native"."""
+    if "avx2_view" not in os.environ.get("LD_PRELOAD", ""):
+        return "native"
+    if os.environ.get("MVGPT_CPU_VIEW") == "avx512-novnni":
+        return "avx512-novnni_view"
+    return "avx2_view"
 
 
 def cpu_flags(wanted: Sequence[str] = SIMD_FLAGS) -> list[str]:
@@ -50,8 +54,11 @@ def cpu_flags(wanted: Sequence[str] = SIMD_FLAGS) -> list[str]:
     from mvgpt.runtime.package import cpu_flags as all_flags
 
     have = all_flags() or set()
-    if cpu_view() == "avx2_view":
+    view = cpu_view()
+    if view == "avx2_view":
         have = {f for f in have if not f.startswith(("avx512", "amx")) and "vnni" not in f}
+    elif view == "avx512-novnni_view":
+        have = {f for f in have if not f.startswith("amx") and "vnni" not in f and "bf16" not in f}
     return [w for w in wanted if w in have]
 
 

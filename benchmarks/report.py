@@ -79,7 +79,10 @@ def _env(row: dict) -> str:
     )
 
 
-VIEW_NOTE = "rows marked [avx2_view]: this CPU with AVX-512, VNNI and AMX hidden (avx2_view.py)"
+VIEW_NOTE = (
+    "rows marked [avx2_view]: this CPU with AVX-512, VNNI and AMX hidden, [avx512-novnni_view]: "
+    "with VNNI, BF16 and AMX hidden (avx2_view.py)"
+)
 
 
 def _env_of(rows: list[dict]) -> str:

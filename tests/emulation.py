@@ -2,15 +2,18 @@
 
 Owns the Debian packages the emulated tests need (installed with apt-get when missing and
 running as root, else the tests say why and skip), the CPU models used, and running this
-Python - the same interpreter, site-packages and mvgpt - on an emulated x86-64 CPU.
+Python - the same interpreter, site-packages and mvgpt - on an emulated x86-64 CPU. Also hands
+the tests benchmarks/avx2_view.py (``cpu_view``): this CPU natively, with AVX-512 or VNNI hidden.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +73,14 @@ def run_python(args: list[str], cpu: str | None = None, env: dict | None = None)
     )
     assert run.returncode == 0, f"{' '.join(prefix)} python {' '.join(args)[:200]}:\n{run.stderr}"
     return run.stdout
+
+
+def _load_cpu_view():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "avx2_view.py"
+    spec = importlib.util.spec_from_file_location("avx2_view", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cpu_view = _load_cpu_view()  # benchmarks/avx2_view.py: environment(view=...), unavailable()

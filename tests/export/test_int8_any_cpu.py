@@ -9,17 +9,21 @@ activations near 255; VNNI adds four products in int32 and does not. The exporte
    weight encoding, natively and on the emulated AVX2 CPU, while full-range s8 weights do not on
    the emulated CPU (so the emulation really reaches the saturating kernel);
 2. the tiny int8 package's decoder against its fp32 graph: the same cosine natively and emulated,
-   at least MIN_COSINE.
+   at least MIN_COSINE;
+3. the same natively with benchmarks/avx2_view.py hiding AVX-512 and VNNI, or only VNNI (a
+   Skylake-SP's AVX-512 int8 kernel, which adds in int16 like AVX2's), where the machine offers
+   CPUID faulting: seconds instead of emulation's minutes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from mvgpt.exporter.quantize import INT8_WEIGHT_RANGE, MIN_COSINE
-from tests.emulation import AVX2_CPU, run_python
+from tests.emulation import AVX2_CPU, cpu_view, run_python
 
 MATMUL_SCRIPT = r"""
 import json, sys
@@ -89,3 +93,33 @@ def test_quantized_decoder_agrees_with_fp32_on_an_avx2_cpu(
     # integer products are exact on both CPUs; only float rounding order differs
     assert abs(emulated["cosine"] - native["cosine"]) < 1e-5
     assert emulated["top1_agreement"] == native["top1_agreement"]
+
+
+@pytest.mark.skipif(bool(cpu_view.unavailable()), reason=cpu_view.unavailable())
+@pytest.mark.parametrize("view", ["avx2", "avx512-novnni"])
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_decoder_agrees_with_fp32_without_vnni(
+    tiny_package, tiny_quantized_package, precision, view, tmp_path
+):
+    if view == "avx512-novnni" and "avx512f" not in cpu_view.cpu_flags():
+        pytest.skip("this CPU has no AVX-512 to keep")
+    package = tiny_quantized_package(precision)
+    native = _decoder_check(tiny_package, package, None)
+    env = cpu_view.environment({**os.environ, "MVGPT_CACHE": str(tmp_path)}, view=view)
+    args = [
+        "-m",
+        "mvgpt.exporter.agreement",
+        str(tiny_package),
+        str(package),
+        "--stages",
+        "decoder",
+    ]
+    viewed = json.loads(run_python(args, env=env).strip().splitlines()[-1])
+    for where, check in (("native", native), (view, viewed)):
+        print(
+            f"{precision} decoder {where}: cosine {check['cosine']:.6f} top-1 "
+            f"{check['top1_agreement']:.3f} max |diff| {check['max_abs_diff']:.3e}"
+        )
+    assert viewed["cosine"] >= MIN_COSINE and native["cosine"] >= MIN_COSINE
+    assert abs(viewed["cosine"] - native["cosine"]) < 1e-5
+    assert viewed["top1_agreement"] == native["top1_agreement"]

@@ -11,24 +11,19 @@ faulting (not x86-64 Linux, or a CPU or hypervisor without it).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from mvgpt.exporter.quantize import INT8_WEIGHT_RANGE
 from mvgpt.runtime import sessions
+from tests.emulation import cpu_view
 from tests.export.test_int8_any_cpu import MATMUL_SCRIPT
 
-_SPEC = importlib.util.spec_from_file_location(
-    "avx2_view", Path(__file__).resolve().parents[2] / "benchmarks" / "avx2_view.py"
-)
-avx2_view = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(avx2_view)
+avx2_view = cpu_view
 
 pytestmark = pytest.mark.skipif(bool(avx2_view.unavailable()), reason=avx2_view.unavailable())
 
@@ -49,15 +44,29 @@ def test_every_library_sees_avx2_without_avx512(view_env):
         assert viewed["torch"] == "AVX2"
 
 
-def test_onnxruntime_takes_its_saturating_avx2_int8_kernel(view_env):
+def test_the_avx512_view_hides_only_vnni(view_env):
+    if "avx512f" not in avx2_view.cpu_flags():
+        pytest.skip("this CPU has no AVX-512 to keep")
+    viewed = avx2_view.seen(view_env | {"MVGPT_CPU_VIEW": "avx512-novnni"})
+    print("avx512-novnni", viewed)
+    assert viewed["numpy"] == ["AVX2", "AVX512F", "AVX512_SKX", "FMA3"]
+    assert viewed["mvgpt ops"] == ["scalar", "avx2", "avx512"]
+
+
+@pytest.mark.parametrize("view", ["avx2", "avx512-novnni"])
+def test_onnxruntime_takes_its_saturating_int8_kernel(view_env, view):
+    if view == "avx512-novnni" and "avx512f" not in avx2_view.cpu_flags():
+        pytest.skip("this CPU has no AVX-512 to keep")
     lo, hi = INT8_WEIGHT_RANGE
+    env = view_env | {"MVGPT_CPU_VIEW": view}
     args = [sys.executable, "-c", MATMUL_SCRIPT, json.dumps([lo, hi, "int8", 0])]
-    run = subprocess.run(args, env=view_env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    print("avx2_view", got)
-    assert got["avx2"] and not got["avx512f"] and not got["vnni"]
-    # full-range s8 weights overflow vpmaddubsw's int16 pairs: the AVX2 kernel ran, natively
+    print(view, got)
+    assert got["avx2"] and got["avx512f"] == (view == "avx512-novnni") and not got["vnni"]
+    # full-range s8 weights overflow vpmaddubsw's int16 pairs: the kernel without VNNI ran,
+    # natively (AVX2's, or AVX-512's on a Skylake-SP-like CPU)
     assert got["full_s8"] > 0
     assert got["exporter"] == 0  # the exporter's 7-bit weights stay exact
 
