@@ -10,7 +10,8 @@ parent collects their JSON lines (ttft, decode tokens/s, seconds per stage, peak
 prints one summary line per configuration (medians over rounds) and a table with ratios against
 the reference fp32. --avx2-view runs every configuration a second time in each round under
 avx2_view.py (this CPU with AVX-512, VNNI and AMX hidden: every library takes its AVX2 kernels),
-rows marked [avx2_view], their ratios against the reference fp32 under the view.
+rows marked [avx2_view], their ratios against the reference fp32 under the view; --cpu-view
+avx512-novnni (repeatable, with avx2) adds avx2_view.py's other view, AVX-512 without VNNI.
 
     python benchmarks/bench_e2e.py --model /tmp/pkg_05b --warmup 0 --repeat 2 --threads 2
 """
@@ -186,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--avx2-view", action="store_true", help="each configuration also under avx2_view.py"
     )
+    parser.add_argument(
+        "--cpu-view", action="append", default=[], help="avx2 | avx512-novnni (repeatable)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one configuration
     args = parser.parse_args(argv)
     if args.worker:
@@ -201,15 +205,18 @@ def main(argv: list[str] | None = None) -> int:
             configs[-1] |= {"checkpoint": str(checkpoint), "clip": str(clip)}
     configs += [{"engine": "mvgpt", "model": str(Path(m).expanduser())} for m in args.model]
     envs: list[dict | None] = [None] * len(configs)
-    if args.avx2_view:
+    views = list(dict.fromkeys((["avx2"] if args.avx2_view else []) + args.cpu_view))
+    if views:
         import avx2_view
 
-        try:
-            view = avx2_view.environment()
-        except avx2_view.ViewError as e:
-            raise SystemExit(f"--avx2-view: {e}") from e
-        envs += [view] * len(configs)
-        configs += [c | {"cpu_view": "avx2_view"} for c in configs]
+        natives = list(configs)
+        for view in views:
+            try:
+                env = avx2_view.environment(view=view)
+            except avx2_view.ViewError as e:
+                raise SystemExit(f"--cpu-view {view}: {e}") from e
+            envs += [env] * len(natives)
+            configs += [c | {"cpu_view": f"{view}_view"} for c in natives]
 
     common = ["--video", args.video, "--question", args.question, "--threads", str(args.threads)]
     common += ["--max-new-tokens", str(args.max_new_tokens), "--warmup", str(args.warmup)]
@@ -273,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print_table(columns, table)
     by_name = {r["config"]: r for r in rows}
-    for r in rows:  # each configuration under avx2_view against itself on the whole CPU
-        native = by_name.get(r["config"].removesuffix(" [avx2_view]"))
+    for r in rows:  # each configuration under a view against itself on the whole CPU
+        native = by_name.get(r["config"].rsplit(" [", 1)[0])
         if native is None or native is r:
             continue
         st, nst = r["stages_median_s"], native["stages_median_s"]
