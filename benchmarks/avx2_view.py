@@ -19,7 +19,8 @@ AVX-512 core has wider load and FMA paths than a laptop's AVX2-only core, so the
 difference between the kernel paths, not a laptop's speed. `--show` prints what the libraries
 see, with and without the view.
 
-Exit status: the command's; 1 with a one-line error where the view cannot be made here.
+Exit status: the command's (128 + N when a signal N ended it); 1 with a one-line error where
+the view cannot be made here.
 """
 
 from __future__ import annotations
@@ -161,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         return 0
     try:
-        return subprocess.run(command, env=env).returncode
+        code = subprocess.run(command, env=env).returncode
     except OSError as e:
         print(f"avx2_view: cannot run {command[0]!r}: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
 
 
 if __name__ == "__main__":
