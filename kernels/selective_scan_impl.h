@@ -207,10 +207,13 @@ inline void recur_lanes(int64_t count, const float* dt, const float* dtu, const 
   };
   int64_t t = 0;
   for (; t + kLanes <= count; t += kLanes) {
-    U p[kLanes];
+    U s[kLanes / 2];  // each pair of steps' products folded at once: fewer live registers
 #pragma GCC unroll 16
-    for (int k = 0; k < kLanes; ++k) p[k] = step(t + k);
-    U::sums(p).store(y + t);
+    for (int k = 0; k < kLanes; k += 2) {
+      const U first = step(t + k);
+      s[k / 2] = U::sum_pair(first, step(t + k + 1));
+    }
+    U::sums_of_pairs(s).store(y + t);
   }
   if (t < count) {
     U p[kLanes];

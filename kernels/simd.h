@@ -125,18 +125,23 @@ struct V {
     }
   }
   // lane i = the sum of v[i]'s lanes, for the 8 vectors v[0..7], by shuffles and adds (vhaddps
-  // is three instructions on Intel)
+  // is three instructions on Intel). In two steps, so that a caller can fold each pair as soon
+  // as it has it (4 vectors live instead of 8): sum_pair(v[2i], v[2i + 1]) = s[i], then
+  // sums_of_pairs(s).
   static V sums(const V* v) {
-    // s[i], per 128-bit half: a0 + a2, b0 + b2, a1 + a3, b1 + b3 with a, b = v[2i], v[2i + 1]
-    __m256 s[4];
-    for (int i = 0; i < 4; ++i) {
-      s[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i].v, v[2 * i + 1].v),
-                           _mm256_unpackhi_ps(v[2 * i].v, v[2 * i + 1].v));
-    }
+    V s[4];
+    for (int i = 0; i < 4; ++i) s[i] = sum_pair(v[2 * i], v[2 * i + 1]);
+    return sums_of_pairs(s);
+  }
+  // per 128-bit half: a0 + a2, b0 + b2, a1 + a3, b1 + b3
+  static V sum_pair(V a, V b) {
+    return {_mm256_add_ps(_mm256_unpacklo_ps(a.v, b.v), _mm256_unpackhi_ps(a.v, b.v))};
+  }
+  static V sums_of_pairs(const V* s) {
     __m256 u[2];  // u[j], per 128-bit half: that half's sums of v[4j..4j+3]
     for (int j = 0; j < 2; ++j) {
-      u[j] = _mm256_add_ps(_mm256_shuffle_ps(s[2 * j], s[2 * j + 1], 0x44),
-                           _mm256_shuffle_ps(s[2 * j], s[2 * j + 1], 0xEE));
+      u[j] = _mm256_add_ps(_mm256_shuffle_ps(s[2 * j].v, s[2 * j + 1].v, 0x44),
+                           _mm256_shuffle_ps(s[2 * j].v, s[2 * j + 1].v, 0xEE));
     }
     return {_mm256_add_ps(_mm256_permute2f128_ps(u[0], u[1], 0x20),
                           _mm256_permute2f128_ps(u[0], u[1], 0x31))};
