@@ -75,8 +75,13 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[1].split())
 
 
-def unavailable() -> str:
-    """Why the view cannot be made here ("" when it can)."""
+VIEWS = ("avx2", "avx512-novnni")
+
+
+def unavailable(view: str = "avx2") -> str:
+    """Why `view` (VIEWS) cannot be made here ("" when it can)."""
+    if view not in VIEWS:
+        return f"view: expected one of {', '.join(VIEWS)}, got {view!r}"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"needs x86-64 Linux, this is {platform.system()} {platform.machine()}"
     flags = cpu_flags()
@@ -88,7 +93,28 @@ def unavailable() -> str:
         return "this CPU has no AVX2 + FMA to show"
     if shutil.which(os.environ.get("CC", "gcc")) is None:
         return f"no C compiler ({os.environ.get('CC', 'gcc')}) to build avx2_view.c"
+    if view == "avx512-novnni" and "avx512f" not in flags:
+        return "this CPU has no AVX-512 to keep"
     return ""
+
+
+def current_view(environ: dict[str, str] | None = None) -> str:
+    """What a process with `environ` (default os.environ) is shown: "avx2_view",
+    "avx512-novnni_view", or "native" when it runs without this preload."""
+    environ = os.environ if environ is None else environ
+    if "avx2_view" not in environ.get("LD_PRELOAD", ""):
+        return "native"
+    return f"{environ.get('MVGPT_CPU_VIEW') or 'avx2'}_view"
+
+
+def visible_flags(flags: set[str], view: str) -> set[str]:
+    """The /proc/cpuinfo flags (which no view changes) a process under `view` (current_view's
+    names) is shown: avx2_view.c's hidden bits, by flag name."""
+    if view == "avx2_view":
+        return {f for f in flags if not f.startswith(("avx512", "amx")) and "vnni" not in f}
+    if view == "avx512-novnni_view":
+        return {f for f in flags if not f.startswith("amx") and "vnni" not in f and "bf16" not in f}
+    return flags
 
 
 def library() -> Path:
@@ -112,14 +138,11 @@ def library() -> Path:
     return lib
 
 
-VIEWS = ("avx2", "avx512-novnni")
-
-
 def environment(base: dict[str, str] | None = None, view: str = "avx2") -> dict[str, str]:
     """`base` (default os.environ) with the view (VIEWS) preloaded into every process started
     with it."""
-    if view not in VIEWS:
-        raise ViewError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
+    if why := unavailable(view):
+        raise ViewError(why)
     env = dict(os.environ if base is None else base)
     env["LD_PRELOAD"] = " ".join(p for p in (str(library()), env.get("LD_PRELOAD", "")) if p)
     env["MVGPT_CPU_VIEW"] = view

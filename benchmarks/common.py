@@ -41,24 +41,19 @@ SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_
 def cpu_view() -> str:
     """What benchmarks/avx2_view.py shows this process of the CPU: "avx2_view" (AVX-512, VNNI
     and AMX hidden from CPUID), "avx512-novnni_view" (its --view avx512-novnni), else "native"."""
-    if "avx2_view" not in os.environ.get("LD_PRELOAD", ""):
-        return "native"
-    if os.environ.get("MVGPT_CPU_VIEW") == "avx512-novnni":
-        return "avx512-novnni_view"
-    return "avx2_view"
+    from avx2_view import current_view
+
+    return current_view()
 
 
 def cpu_flags(wanted: Sequence[str] = SIMD_FLAGS) -> list[str]:
     """The subset of `wanted` instruction-set flags this CPU reports (x86 Linux; [] elsewhere),
     less those avx2_view hides when it runs (/proc/cpuinfo still lists them)."""
+    from avx2_view import visible_flags
+
     from mvgpt.runtime.package import cpu_flags as all_flags
 
-    have = all_flags() or set()
-    view = cpu_view()
-    if view == "avx2_view":
-        have = {f for f in have if not f.startswith(("avx512", "amx")) and "vnni" not in f}
-    elif view == "avx512-novnni_view":
-        have = {f for f in have if not f.startswith("amx") and "vnni" not in f and "bf16" not in f}
+    have = visible_flags(all_flags() or set(), cpu_view())
     return [w for w in wanted if w in have]
 
 

@@ -85,10 +85,15 @@ VIEW_NOTE = (
 )
 
 
+def _natives(rows: list[dict]) -> list[dict]:
+    """The rows measured without avx2_view.py."""
+    return [r for r in rows if r.get("cpu_view", "native") == "native"]
+
+
 def _env_of(rows: list[dict]) -> str:
     """_env of the section's last native row (else its last row), saying so when some rows were
     measured under avx2_view."""
-    natives = [r for r in rows if r.get("cpu_view", "native") == "native"]
+    natives = _natives(rows)
     env = _env(natives[-1] if natives else rows[-1])
     return env + ("; " + VIEW_NOTE if len(natives) < len(rows) else "")
 
@@ -216,7 +221,7 @@ def attention_section(rows: list[dict]) -> list[str]:
     machines = list(dict.fromkeys((k[0], k[1]) for k in latest))
     for host, cpu in machines:
         mine = [r for k, r in latest.items() if (k[0], k[1]) == (host, cpu)]
-        natives = [r for r in mine if r.get("cpu_view", "native") == "native"]
+        natives = _natives(mine)
         first = (natives or mine)[0]
         view = f"; {VIEW_NOTE}" if len(natives) < len(mine) else ""
         out += [

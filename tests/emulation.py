@@ -24,9 +24,16 @@ PACKAGES = {  # command -> the Debian package holding it
     "clang++": "clang",
 }
 AVX2_CPU = "Haswell-noTSX"  # AVX2 + FMA, no AVX-512, no VNNI (qemu >= 7.2 emulates AVX2)
-# the emulated program gets no LD_PRELOAD: a native preload (benchmarks/avx2_view.py's, when the
-# tests run under it) is for the host's processes, not the guest's
-HASWELL = ["qemu-x86_64", "-U", "LD_PRELOAD", "-cpu", AVX2_CPU]
+
+
+def qemu_x86(cpu: str) -> list[str]:
+    """The command prefix that runs an x86-64 program on qemu's CPU model `cpu`. The emulated
+    program gets no LD_PRELOAD (nor does ARM's): a native preload - benchmarks/avx2_view.py's,
+    when the tests run under it - is for the host's processes, not the guest's."""
+    return ["qemu-x86_64", "-U", "LD_PRELOAD", "-cpu", cpu]
+
+
+HASWELL = qemu_x86(AVX2_CPU)
 ARM = ["qemu-aarch64", "-U", "LD_PRELOAD", "-L", "/usr/aarch64-linux-gnu"]
 EMULATED_TIMEOUT_S = 600
 
@@ -63,7 +70,7 @@ def run_python(args: list[str], cpu: str | None = None, env: dict | None = None)
     if cpu is not None:
         if why := missing_tools("qemu-x86_64"):
             pytest.skip(why)
-        prefix = ["qemu-x86_64", "-U", "LD_PRELOAD", "-cpu", cpu]
+        prefix = qemu_x86(cpu)
     run = subprocess.run(
         [*prefix, sys.executable, *args],
         capture_output=True,

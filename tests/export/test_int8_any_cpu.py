@@ -56,15 +56,16 @@ print(json.dumps({
 """
 
 
-def _matmul(emulated: bool) -> dict:
+def matmul_errors(cpu: str | None = None, env: dict | None = None) -> dict:
+    """MATMUL_SCRIPT's report natively, on qemu's CPU model `cpu`, or with `env` (a view of
+    benchmarks/avx2_view.py)."""
     lo, hi = INT8_WEIGHT_RANGE
     args = ["-c", MATMUL_SCRIPT, json.dumps([lo, hi, "int8", 0])]
-    out = run_python(args, cpu=AVX2_CPU if emulated else None)
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(run_python(args, cpu=cpu, env=env).strip().splitlines()[-1])
 
 
 def test_matmul_integer_exact_with_exporter_weights_on_any_cpu():
-    native, emulated = _matmul(False), _matmul(True)
+    native, emulated = matmul_errors(), matmul_errors(AVX2_CPU)
     print("native", native)
     print("emulated", AVX2_CPU, emulated)
     assert emulated["avx2"] and not emulated["avx512f"] and not emulated["vnni"], emulated
@@ -72,9 +73,22 @@ def test_matmul_integer_exact_with_exporter_weights_on_any_cpu():
     assert native["exporter"] == 0 and emulated["exporter"] == 0
 
 
-def _decoder_check(fp32, int8, cpu: str | None) -> dict:
-    args = ["-m", "mvgpt.exporter.agreement", str(fp32), str(int8), "--stages", "decoder"]
-    return json.loads(run_python(args, cpu=cpu).strip().splitlines()[-1])
+def _decoder_check(fp32, quantized, cpu: str | None = None, env: dict | None = None) -> dict:
+    args = ["-m", "mvgpt.exporter.agreement", str(fp32), str(quantized), "--stages", "decoder"]
+    return json.loads(run_python(args, cpu=cpu, env=env).strip().splitlines()[-1])
+
+
+def _assert_agree(precision: str, native: dict, where: str, other: dict) -> None:
+    """The decoder on another CPU as close to fp32 as natively: integer products are exact on
+    both; only float rounding order differs."""
+    for name, check in (("native", native), (where, other)):
+        print(
+            f"{precision} decoder {name}: cosine {check['cosine']:.6f} top-1 "
+            f"{check['top1_agreement']:.3f} max |diff| {check['max_abs_diff']:.3e}"
+        )
+    assert other["cosine"] >= MIN_COSINE and native["cosine"] >= MIN_COSINE
+    assert abs(other["cosine"] - native["cosine"]) < 1e-5
+    assert other["top1_agreement"] == native["top1_agreement"]
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
@@ -82,44 +96,19 @@ def test_quantized_decoder_agrees_with_fp32_on_an_avx2_cpu(
     tiny_package, tiny_quantized_package, precision
 ):
     package = tiny_quantized_package(precision)
-    native = _decoder_check(tiny_package, package, None)
-    emulated = _decoder_check(tiny_package, package, AVX2_CPU)
-    for where, check in (("native", native), (f"emulated {AVX2_CPU}", emulated)):
-        print(
-            f"{precision} decoder {where}: cosine {check['cosine']:.6f} top-1 "
-            f"{check['top1_agreement']:.3f} max |diff| {check['max_abs_diff']:.3e}"
-        )
-    assert emulated["cosine"] >= MIN_COSINE and native["cosine"] >= MIN_COSINE
-    # integer products are exact on both CPUs; only float rounding order differs
-    assert abs(emulated["cosine"] - native["cosine"]) < 1e-5
-    assert emulated["top1_agreement"] == native["top1_agreement"]
+    native = _decoder_check(tiny_package, package)
+    emulated = _decoder_check(tiny_package, package, cpu=AVX2_CPU)
+    _assert_agree(precision, native, f"emulated {AVX2_CPU}", emulated)
 
 
-@pytest.mark.skipif(bool(cpu_view.unavailable()), reason=cpu_view.unavailable())
 @pytest.mark.parametrize("view", ["avx2", "avx512-novnni"])
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_quantized_decoder_agrees_with_fp32_without_vnni(
     tiny_package, tiny_quantized_package, precision, view, tmp_path
 ):
-    if view == "avx512-novnni" and "avx512f" not in cpu_view.cpu_flags():
-        pytest.skip("this CPU has no AVX-512 to keep")
+    if why := cpu_view.unavailable(view):
+        pytest.skip(why)
     package = tiny_quantized_package(precision)
-    native = _decoder_check(tiny_package, package, None)
+    native = _decoder_check(tiny_package, package)
     env = cpu_view.environment({**os.environ, "MVGPT_CACHE": str(tmp_path)}, view=view)
-    args = [
-        "-m",
-        "mvgpt.exporter.agreement",
-        str(tiny_package),
-        str(package),
-        "--stages",
-        "decoder",
-    ]
-    viewed = json.loads(run_python(args, env=env).strip().splitlines()[-1])
-    for where, check in (("native", native), (view, viewed)):
-        print(
-            f"{precision} decoder {where}: cosine {check['cosine']:.6f} top-1 "
-            f"{check['top1_agreement']:.3f} max |diff| {check['max_abs_diff']:.3e}"
-        )
-    assert viewed["cosine"] >= MIN_COSINE and native["cosine"] >= MIN_COSINE
-    assert abs(viewed["cosine"] - native["cosine"]) < 1e-5
-    assert viewed["top1_agreement"] == native["top1_agreement"]
+    _assert_agree(precision, native, view, _decoder_check(tiny_package, package, env=env))

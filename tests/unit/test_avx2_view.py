@@ -11,17 +11,15 @@ faulting (not x86-64 Linux, or a CPU or hypervisor without it).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from mvgpt.exporter.quantize import INT8_WEIGHT_RANGE
 from mvgpt.runtime import sessions
 from tests.emulation import cpu_view
-from tests.export.test_int8_any_cpu import MATMUL_SCRIPT
+from tests.export.test_int8_any_cpu import matmul_errors
 
 avx2_view = cpu_view
 
@@ -45,8 +43,8 @@ def test_every_library_sees_avx2_without_avx512(view_env):
 
 
 def test_the_avx512_view_hides_only_vnni(view_env):
-    if "avx512f" not in avx2_view.cpu_flags():
-        pytest.skip("this CPU has no AVX-512 to keep")
+    if why := avx2_view.unavailable("avx512-novnni"):
+        pytest.skip(why)
     viewed = avx2_view.seen(view_env | {"MVGPT_CPU_VIEW": "avx512-novnni"})
     print("avx512-novnni", viewed)
     assert viewed["numpy"] == ["AVX2", "AVX512F", "AVX512_SKX", "FMA3"]
@@ -55,14 +53,9 @@ def test_the_avx512_view_hides_only_vnni(view_env):
 
 @pytest.mark.parametrize("view", ["avx2", "avx512-novnni"])
 def test_onnxruntime_takes_its_saturating_int8_kernel(view_env, view):
-    if view == "avx512-novnni" and "avx512f" not in avx2_view.cpu_flags():
-        pytest.skip("this CPU has no AVX-512 to keep")
-    lo, hi = INT8_WEIGHT_RANGE
-    env = view_env | {"MVGPT_CPU_VIEW": view}
-    args = [sys.executable, "-c", MATMUL_SCRIPT, json.dumps([lo, hi, "int8", 0])]
-    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    if why := avx2_view.unavailable(view):
+        pytest.skip(why)
+    got = matmul_errors(env=view_env | {"MVGPT_CPU_VIEW": view})
     print(view, got)
     assert got["avx2"] and got["avx512f"] == (view == "avx512-novnni") and not got["vnni"]
     # full-range s8 weights overflow vpmaddubsw's int16 pairs: the kernel without VNNI ran,
