@@ -71,6 +71,10 @@ struct V {
   static V mul(V a, V b) { return {_mm256_mul_ps(a.v, b.v)}; }
   static V div(V a, V b) { return {_mm256_div_ps(a.v, b.v)}; }
   static V max(V a, V b) { return {_mm256_max_ps(a.v, b.v)}; }
+  static V min(V a, V b) { return {_mm256_min_ps(a.v, b.v)}; }  // b where either is NaN
+  static V abs(V a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
+  // a in the lanes where s's sign bit is set (s < 0, -0, NaNs so signed), b in the others
+  static V select_neg(V s, V a, V b) { return {_mm256_blendv_ps(b.v, a.v, s.v)}; }
   static V fma(V a, V b, V c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   static float sum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
