@@ -62,16 +62,47 @@ inline void store_tile(const float* src, int64_t t0, int64_t count, int valid, f
   }
 }
 
+// Rows of W channels that the next chunk reads (delta, u, z) and writes (y), asked for during
+// this chunk's recurrence, one line of one row per step: W rows x kChunk / 16 lines per list. The
+// tile transposes read 16 rows at once, more streams than the hardware prefetchers follow: on
+// Zen 5 their loads were ~30% of the AVX-512 op; asked for this way the op is 15-20% faster.
+// Asked for all at once before the recurrence they did little (more misses than a core keeps in
+// flight).
+struct RowPrefetch {
+  static constexpr int kMax = 4;
+  const float* const* rows[kMax];  // W row pointers
+  int64_t offset[kMax];            // first step
+  int64_t count[kMax];             // steps
+  int n = 0;
+  void add(const float* const* r, int64_t off, int64_t cnt) {
+    if (cnt > 0 && n < kMax) {
+      rows[n] = r, offset[n] = off, count[n] = cnt;
+      ++n;
+    }
+  }
+  // step t of the chunk: line t / W of row t % W of every list
+  void at(int64_t t) const {
+    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(float));
+    const int64_t c = t % kLanes, i = (t / kLanes) * kLine;
+    for (int k = 0; k < n; ++k) {
+      if (i < count[k]) prefetch(rows[k][c] + offset[k] + i);
+    }
+  }
+};
+
 // The recurrence over `count` steps of one chunk. NS > 0: the state size is a compile-time
-// constant and h lives in registers; NS == 0: any state size, h in the `h` scratch.
+// constant and h lives in registers; NS == 0: any state size, h in the `h` scratch. pf: rows to
+// prefetch meanwhile.
 template <int NS>
 inline void recur(int64_t count, int64_t state, const float* dt_t, const float* dtu_t,
-                  const float* b_t, const float* c_t, const float* a2, float* h, float* y_t) {
+                  const float* b_t, const float* c_t, const float* a2, float* h, float* y_t,
+                  const RowPrefetch& pf) {
   const int64_t n_state = NS > 0 ? NS : state;
   if constexpr (NS > 0) {
     V hr[NS];
     for (int n = 0; n < NS; ++n) hr[n] = V::load(h + n * kLanes);
     for (int64_t t = 0; t < count; ++t) {
+      pf.at(t);
       const V dt = V::load(dt_t + t * kLanes);
       const V dtu = V::load(dtu_t + t * kLanes);
       const float* bt = b_t + t * n_state;
@@ -91,6 +122,7 @@ inline void recur(int64_t count, int64_t state, const float* dt_t, const float* 
     for (int n = 0; n < NS; ++n) hr[n].store(h + n * kLanes);
   } else {
     for (int64_t t = 0; t < count; ++t) {
+      pf.at(t);
       const V dt = V::load(dt_t + t * kLanes);
       const V dtu = V::load(dtu_t + t * kLanes);
       const float* bt = b_t + t * n_state;
@@ -340,12 +372,12 @@ inline void prefetch_rows(const ScanArgs& a, int64_t row, int64_t count, int64_t
                           int64_t next_count) {
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(float));
   for (int64_t i = 0; i < count; i += kLine) {
-    if (a.z != nullptr) __builtin_prefetch(a.z + row + i);
-    __builtin_prefetch(a.y + row + i, 1);
+    if (a.z != nullptr) prefetch(a.z + row + i);
+    prefetch(a.y + row + i);
   }
   for (int64_t i = 0; next >= 0 && i < next_count; i += kLine) {
-    __builtin_prefetch(a.delta + next + i);
-    __builtin_prefetch(a.u + next + i);
+    prefetch(a.delta + next + i);
+    prefetch(a.u + next + i);
   }
 }
 
@@ -453,10 +485,16 @@ inline void scan_block(const ScanArgs& a, int64_t b, int64_t c0, const float* bt
     }
     const float* bt = bt_all + t0 * N;
     const float* ct = ct_all + t0 * N;
+    RowPrefetch pf;
+    const int64_t next = L - t0 - count < kChunk ? L - t0 - count : kChunk;
+    pf.add(d_rows, t0 + count, next);
+    pf.add(u_rows, t0 + count, next);
+    if (a.z != nullptr) pf.add(z_rows, t0 + count, next);
+    pf.add(y_rows, t0 + count, next);
     if (N == 16) {
-      recur<16>(count, N, dt_t, dtu_t, bt, ct, a2, h, y_t);
+      recur<16>(count, N, dt_t, dtu_t, bt, ct, a2, h, y_t, pf);
     } else {
-      recur<0>(count, N, dt_t, dtu_t, bt, ct, a2, h, y_t);
+      recur<0>(count, N, dt_t, dtu_t, bt, ct, a2, h, y_t, pf);
     }
     if (a.z != nullptr) load_tile(z_rows, t0, count, valid, dtu_t);  // dtu_t is free now: z
     for (int64_t t = 0; t < count; ++t) {  // y = (y + D u) * silu(z)
