@@ -355,9 +355,10 @@ inline void finish_lanes(const ScanArgs& a, int64_t ch, int64_t row, int64_t cou
 
 // Asks for the rows that the steps around a recurrence touch next: z (read) and y (written) of
 // this chunk at `row` (finish_lanes), and delta and u of the next chunk at `next` (prep_lanes;
-// none when next < 0), `count` and `next_count` steps. The recurrence takes ~15k cycles per
-// chunk: time enough for the lines to arrive, where the hardware prefetchers, seeing short bursts
-// of 8 lines per row, leave the first ones to miss (2-3% of the op on Zen 5).
+// none when next < 0), `count` and `next_count` steps: 32 lines, which arrive during the ~1300
+// cycles of the recurrence, where the hardware prefetchers, seeing bursts of 8 lines per row,
+// leave the first ones to miss (2-3% of the op on Zen 5; spread over the recurrence or two
+// chunks ahead, as the channel-lane paths ask, the same).
 inline void prefetch_rows(const ScanArgs& a, int64_t row, int64_t count, int64_t next,
                           int64_t next_count) {
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(float));
