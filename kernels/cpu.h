@@ -25,6 +25,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 // Asks for the cache line at p (a line about to be written is asked for the same way). An asm
 // statement, not __builtin_prefetch: GCC's loop distribution moves builtin prefetches out of a
 // loop into one of their own, which then asks for every line at once.
+constexpr int64_t kLineFloats = 64 / static_cast<int64_t>(sizeof(float));  // a cache line
 inline void prefetch(const void* p) {
 #if MVGPT_X86
   asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
