@@ -35,6 +35,7 @@ from common import (  # noqa: E402
     fmt,
     peak_rss_mib,
     print_table,
+    reference_row,
 )
 
 QUESTION = "What is happening in this video? Describe the actions in detail."
@@ -239,17 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         return 1
 
-    def base_of(row: dict) -> dict:  # the reference fp32 of the same CPU view, else the first
-        view = row.get("cpu_view", "native")
-        name = "reference fp32" + (f" [{view}]" if view != "native" else "")
-        return next((r for r in rows if r["config"] == name), rows[0])
-
     columns = [("configuration", 40), ("ttft s", 8), ("x ref", 6), ("tok/s", 7), ("x ref", 6)]
     columns += [("video", 6), ("vision", 7), ("prefill", 8), ("decode", 7), ("RSS MiB", 8)]
     columns += [("same tokens", 12)]
     table = []
     for r in rows:
-        base = base_of(r)
+        base = reference_row(r, rows)
         st = r["stages_median_s"]
         tps, base_tps = r["decode_tokens_per_s"], base["decode_tokens_per_s"]
         same = sum(1 for _ in zip(r["token_ids"], base["token_ids"], strict=False))
@@ -275,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"\n{args.max_new_tokens} new tokens max, {args.threads} threads, medians of "
-        f"{args.repeat}; x ref = speed relative to {base_of(rows[0])['config']} (under "
+        f"{args.repeat}; x ref = speed relative to {reference_row(rows[0], rows)['config']} (under "
         "avx2_view: its own under the view; >1 faster); same tokens = greedy prefix shared with it"
     )
     print_table(columns, table)

@@ -46,6 +46,14 @@ def cpu_view() -> str:
     return current_view()
 
 
+def reference_row(row: dict, rows: list[dict], name: str = "reference fp32") -> dict:
+    """bench_e2e's baseline for `row`: the `name` configuration measured under the same CPU view
+    ("reference fp32 [avx2_view]" for a row measured under avx2_view), else the first row."""
+    view = row.get("cpu_view", "native")
+    wanted = name + (f" [{view}]" if view != "native" else "")
+    return next((r for r in rows if r["config"] == wanted), rows[0])
+
+
 def cpu_flags(wanted: Sequence[str] = SIMD_FLAGS) -> list[str]:
     """The subset of `wanted` instruction-set flags this CPU reports (x86 Linux; [] elsewhere),
     less those avx2_view hides when it runs (/proc/cpuinfo still lists them)."""

@@ -17,6 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import reference_row  # noqa: E402
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -156,11 +159,11 @@ def decoder_section(rows: list[dict]) -> list[str]:
 
 def e2e_section(rows: list[dict]) -> list[str]:
     rows = _latest(rows, "config")
-    base = next((r for r in rows if r["config"] == "reference fp32"), rows[0])
     out = ["### Video -> answer (bench_e2e.py)", ""]
     out += [f"{_env_of(rows)}; up to {rows[-1].get('max_new_tokens')} new tokens.", ""]
     body = []
     for r in rows:
+        base = reference_row(r, rows)  # under avx2_view: the reference under the same view
         st, tps = r["stages_median_s"], r["decode_tokens_per_s"]
         base_tps = base["decode_tokens_per_s"]
         body.append(
